@@ -1,0 +1,35 @@
+"""Shared fixtures: generated audio (always available) and the real clips of ../shared/data (skipped when absent)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SHARED_DATA = Path(os.environ.get("BYOLA_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under ../shared/data; skips the calling test when it is not on this machine."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path}")
+    return path
+
+
+def make_tone(seconds: float = 1.0, sample_rate: int = 16000, freq: float = 440.0, seed: int = 0) -> np.ndarray:
+    """A sine tone plus a little noise, float32 mono."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    wave = 0.5 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.shape)
+    return wave.astype(np.float32)
+
+
+@pytest.fixture
+def tone_wav(tmp_path: Path) -> Path:
+    """A 1-second 16 kHz mono wav file."""
+    path = tmp_path / "tone.wav"
+    sf.write(path, make_tone(), 16000)
+    return path
