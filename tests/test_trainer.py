@@ -121,12 +121,11 @@ def test_warmup_cosine_schedule() -> None:
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
     script = str(HERE / "trainer_toy.py")
     ref = tmp_path / "ref.pt"
-    subprocess.run([sys.executable, script, str(tmp_path / "a"), "--weights", str(ref)], check=True, env=_env(),
-                   timeout=120)
-
     run = tmp_path / "b"
     run.mkdir()
-    # Killed mid-epoch after step 6 (checkpoint at step 4), with a DataLoader worker this time.
+    # The uninterrupted reference runs alongside a run that is killed mid-epoch after step 6 (its checkpoint is at
+    # step 4), which uses a DataLoader worker this time.
+    reference = subprocess.Popen([sys.executable, script, str(tmp_path / "a"), "--weights", str(ref)], env=_env())
     proc = subprocess.Popen([sys.executable, script, str(run), "--workers", "1", "--hang-after", "6"], env=_env())
     deadline = time.time() + 120
     while not (run / "hanging").exists():
@@ -135,6 +134,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert reference.wait(timeout=120) == 0
     assert latest_checkpoint(run).name == "state-00000004.pt"
     assert len(_rows(run)) == 6
 
