@@ -41,7 +41,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-__all__ = ["Trainer", "WarmupCosine", "DistInfo", "dist_info", "atomic_save", "latest_checkpoint"]
+__all__ = ["Trainer", "WarmupCosine", "DistInfo", "dist_info", "init_distributed", "default_device", "atomic_save",
+           "latest_checkpoint"]
 
 STATE_FORMAT = "byola-train-state"
 STATE_VERSION = 1
@@ -70,6 +71,23 @@ def dist_info() -> DistInfo:
         return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
     return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
                     int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def default_device() -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is available, else CPU."""
+    return torch.device(f"cuda:{dist_info().local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+def init_distributed(device: torch.device | str) -> bool:
+    """Create the default process group from ``torchrun``'s environment when ``WORLD_SIZE > 1`` and none exists
+    (nccl for a CUDA device, else gloo). Returns True when it created one (the caller then destroys it)."""
+    device = torch.device(device)
+    if dist_info().world_size == 1 or dist.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
 
 
 # ------------------------------------------------------------------------------------------------------- file helpers
@@ -305,9 +323,7 @@ class Trainer:
         self._epochs, self._steps = epochs, steps
 
         self.dist = dist_info()
-        if device is None:
-            device = f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = default_device() if device is None else torch.device(device)
         self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
         self.amp_dtype = self._amp_dtype(amp)
 
@@ -331,15 +347,6 @@ class Trainer:
         if amp == "fp16" and not cuda:
             raise ValueError("amp='fp16' needs CUDA (use 'bf16' or 'off' on CPU)")
         return torch.bfloat16 if amp == "bf16" else torch.float16
-
-    def _init_process_group(self) -> bool:
-        if self.dist.world_size == 1 or dist.is_initialized():
-            return False
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        dist.init_process_group(backend)
-        return True
 
     def _config(self) -> dict[str, Any]:
         """Settings a resumed run must share with the interrupted one (they fix the data order and the schedule)."""
@@ -439,7 +446,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, float]:
         """Train to ``total_steps``; with ``resume`` continue from the newest checkpoint in ``run_dir`` (a fresh run
         when there is none). Returns the last step's logged values."""
-        created_group = self._init_process_group()
+        created_group = init_distributed(self.device)
         self.dist = dist_info()
         try:
             return self._fit(resume)
@@ -570,7 +577,7 @@ class Trainer:
         update = getattr(model, "update_targets", None)
         if update is not None:
             ret = update(self.step, self.total_steps)
-            tau = float(ret) if _is_scalar(ret) else float(getattr(model, "tau", float("nan")))
+            tau = float(ret) if _is_scalar(ret) else float("nan")
         return {"step": self.step + 1, "epoch": epoch, **stats, "tau": tau, "lr": lr, "data_wait_s": data_wait,
                 "views_s": views_time, "step_s": time.perf_counter() - t_step}
 
