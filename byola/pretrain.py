@@ -103,6 +103,17 @@ def _key_path(cfg: dict[str, Any], key: str) -> tuple[str, ...]:
     raise KeyError(f"override {key!r} is ambiguous: {', '.join('.'.join(m) for m in matches)}")
 
 
+def _parse(text: str) -> Any:
+    """A command-line string as YAML, with numbers such as ``1e-4`` (a string for YAML 1.1) read as floats."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def resolve_config(recipe: str | os.PathLike | dict[str, Any], overrides: dict[str, Any] | None = None
                    ) -> dict[str, Any]:
     """The recipe with ``overrides`` applied.
@@ -121,7 +132,7 @@ def resolve_config(recipe: str | os.PathLike | dict[str, Any], overrides: dict[s
             node = node[part]
         old = node.get(path[-1])
         if isinstance(value, str) and not isinstance(old, str):
-            value = yaml.safe_load(value)
+            value = _parse(value)
         if isinstance(old, dict) and isinstance(value, dict):
             value = {**old, **value}
         node[path[-1]] = value
@@ -212,13 +223,15 @@ def corpus_norm_stats(dataset: RandomCropDataset, frontend: nn.Module, max_sampl
 
 
 def _norm_module(cfg: dict[str, Any], dataset: RandomCropDataset, frontend: nn.Module, out: Path, seed: int,
-                 num_workers: int, resume: bool, progress: bool) -> nn.Module:
+                 num_workers: int, resume: bool, progress: bool) -> tuple[nn.Module, NormStats | None]:
+    """The pre-normalization module of ``norm.mode`` and its fixed statistics (None for running statistics)."""
     mode = cfg.get("mode", "corpus")
     if mode == "fixed":
-        return PreNormalization(float(cfg["mean"]), float(cfg["std"]))
+        stats = NormStats(mean=float(cfg["mean"]), std=float(cfg["std"]), count=0)
+        return PreNormalization.from_stats(stats), stats
     if mode == "running":
         samples = cfg.get("running_samples") or 2 * len(dataset)
-        return RunningNorm(int(samples))
+        return RunningNorm(int(samples)), None
     if mode != "corpus":
         raise ValueError(f"norm.mode must be 'corpus', 'running' or 'fixed', got {mode!r}")
     path = out / "norm_stats.json"
@@ -234,13 +247,7 @@ def _norm_module(cfg: dict[str, Any], dataset: RandomCropDataset, frontend: nn.M
             dist.barrier()
     stats = NormStats.from_dict(json.loads(path.read_text()))
     log.info("pre-normalization statistics: mean %.6g, std %.6g over %d values", stats.mean, stats.std, stats.count)
-    return PreNormalization.from_stats(stats)
-
-
-def _export_stats(pre_norm: nn.Module) -> NormStats | None:
-    if isinstance(pre_norm, RunningNorm):
-        return pre_norm.stats()
-    return NormStats(mean=float(pre_norm.mean), std=float(pre_norm.std), count=0)
+    return PreNormalization.from_stats(stats), stats
 
 
 # ----------------------------------------------------------------------------------------------------------- main
@@ -285,12 +292,13 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
         log.info("corpus: %d files (%d unreadable skipped) from %s", len(dataset), len(dataset.unreadable), sources)
 
         frontend = LogMelSpectrogram(sample_rate=sample_rate, **cfg.get("frontend", {}))
-        pre_norm = _norm_module(cfg.get("norm", {}), dataset, frontend, out_dir, seed, num_workers, resume, progress)
+        pre_norm, fixed_stats = _norm_module(cfg.get("norm", {}), dataset, frontend, out_dir, seed, num_workers, resume, progress)
 
         # The model is built from the same seed on every rank (DDP also broadcasts rank 0's weights).
         torch.manual_seed(seed)
         mcfg = dict(cfg["model"])
-        encoder = build_encoder(mcfg.pop("name"), n_mels=frontend.n_mels, **mcfg)
+        mcfg.setdefault("n_mels", frontend.n_mels)
+        encoder = build_encoder(mcfg.pop("name"), **mcfg)
         method_cfg = dict(cfg["method"])
         method_name = method_cfg.pop("name")
         engine = build_method(method_name, encoder, encoder.embed_dim, **method_cfg)
@@ -328,7 +336,7 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
             provenance = {**provenance_base, "step": step, "total_steps": trainer.total_steps, "final": final,
                           "wall_time_s": round(time.time() - t_start, 1),
                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            save_checkpoint(path, encoder, frontend.config(), _export_stats(pre_norm), provenance)
+            save_checkpoint(path, encoder, frontend.config(), fixed_stats or pre_norm.stats(), provenance)
             periodic = sorted(out_dir.glob("model-step*.safetensors"))
             for old in periodic[:-keep]:
                 old.unlink()
