@@ -23,6 +23,15 @@ toy = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(toy)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared machine (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -119,32 +128,29 @@ def test_warmup_cosine_schedule() -> None:
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
-    script = str(HERE / "trainer_toy.py")
-    ref = tmp_path / "ref.pt"
     run = tmp_path / "b"
     run.mkdir()
-    # The uninterrupted reference runs alongside a run that is killed mid-epoch after step 6 (its checkpoint is at
-    # step 4), which uses a DataLoader worker this time.
-    reference = subprocess.Popen([sys.executable, script, str(tmp_path / "a"), "--weights", str(ref)], env=_env())
-    proc = subprocess.Popen([sys.executable, script, str(run), "--workers", "1", "--hang-after", "6"], env=_env())
-    deadline = time.time() + 120
-    while not (run / "hanging").exists():
-        assert proc.poll() is None, "the training subprocess ended before it was killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    # A training subprocess (with a DataLoader worker) is killed mid-epoch after step 6; its last checkpoint is at
+    # step 4. Meanwhile the uninterrupted reference runs here, in deterministic mode too.
+    proc = subprocess.Popen([sys.executable, str(HERE / "trainer_toy.py"), str(run), "--workers", "1",
+                             "--hang-after", "6"], env=_env())
+    try:
+        ref = toy.run(tmp_path / "a").state_dict()
+        deadline = time.time() + 120
+        while not (run / "hanging").exists():
+            assert proc.poll() is None, "the training subprocess ended before it was killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
-    assert reference.wait(timeout=120) == 0
     assert latest_checkpoint(run).name == "state-00000004.pt"
     assert len(_rows(run)) == 6
 
-    out = tmp_path / "resumed.pt"
-    subprocess.run([sys.executable, script, str(run), "--workers", "1", "--resume", "--weights", str(out)],
-                   check=True, env=_env(), timeout=120)
-    a, b = torch.load(ref, weights_only=True), torch.load(out, weights_only=True)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    resumed = toy.run(run, workers=1, resume=True).state_dict()
+    assert ref.keys() == resumed.keys()
+    for k in ref:
+        assert torch.equal(ref[k], resumed[k]), k
     assert [int(r["step"]) for r in _rows(run)] == list(range(1, 13))
     assert [r["loss"] for r in _rows(run)] == [r["loss"] for r in _rows(tmp_path / "a")]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
 from pathlib import Path
 
@@ -85,8 +84,38 @@ class ToyData(torch.utils.data.Dataset):
         return self.base[i] + torch.from_numpy(rng.standard_normal(DIM).astype(np.float32)) * 0.1
 
 
-def main() -> None:
+def run(run_dir: str | Path, steps: int = 12, checkpoint_every: int = 4, batch_size: int = 4, workers: int = 0,
+        resume: bool = False, hang_after: int | None = None) -> ToyBYOL:
+    """Train the toy in deterministic mode (as a test would in a fresh process) and return the model."""
     from byola.engine.trainer import Trainer, dist_info
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(0)
+        model = ToyBYOL()
+        rank = dist_info().rank
+        run_dir = Path(run_dir)
+
+        def export(step: int, final: bool) -> None:
+            (run_dir / f"export-rank{dist_info().rank}-step{step}").write_text(str(final))
+
+        def on_step(step: int, row: dict) -> None:
+            if hang_after is not None and step == hang_after and rank == 0:
+                (run_dir / "hanging").write_text(str(step))
+                time.sleep(600)
+
+        trainer = Trainer(model, lambda p: torch.optim.Adam(p, lr=1e-2), ToyData(), ToyViews(seed=rank), run_dir,
+                          batch_size=batch_size, steps=steps, checkpoint_every=checkpoint_every, warmup_steps=2,
+                          num_workers=workers, export=export, on_step=on_step, progress=False)
+        trainer.fit(resume=resume)
+        return model
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def main() -> None:
+    from byola.engine.trainer import dist_info
 
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
@@ -98,27 +127,11 @@ def main() -> None:
     ap.add_argument("--hang-after", type=int, default=None)
     ap.add_argument("--weights", default=None, help="save the final state_dict here ({rank} is replaced)")
     args = ap.parse_args()
-
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(0)
-    model = ToyBYOL()
-    rank = dist_info().rank
-    run_dir = Path(args.run_dir)
-
-    def export(step: int, final: bool) -> None:
-        (run_dir / f"export-rank{dist_info().rank}-step{step}").write_text(str(final))
-
-    def on_step(step: int, row: dict) -> None:
-        if args.hang_after is not None and step == args.hang_after and rank == 0:
-            (run_dir / "hanging").write_text(str(step))
-            time.sleep(600)
-
-    trainer = Trainer(model, lambda p: torch.optim.Adam(p, lr=1e-2), ToyData(), ToyViews(seed=rank), run_dir,
-                      batch_size=args.batch_size, steps=args.steps, checkpoint_every=args.checkpoint_every,
-                      warmup_steps=2, num_workers=args.workers, export=export, on_step=on_step, progress=False)
-    trainer.fit(resume=args.resume)
+    torch.set_num_threads(1)
+    model = run(args.run_dir, args.steps, args.checkpoint_every, args.batch_size, args.workers, args.resume,
+                args.hang_after)
     if args.weights:
-        torch.save(model.state_dict(), args.weights.format(rank=rank))
+        torch.save(model.state_dict(), args.weights.format(rank=dist_info().rank))
 
 
 if __name__ == "__main__":
