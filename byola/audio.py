@@ -29,6 +29,8 @@ _SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", 
 _UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
 # ... and this when an Ogg stream stops before its end-of-stream page.
 _OGG_CUT = re.compile(r"ended unexpectedly|lacks an end-of-stream", re.IGNORECASE)
+# libsndfile's frame count for a header without a length (SF_COUNT_MAX).
+_UNKNOWN_FRAMES = 2**63 - 1
 # libsndfile 1.2.2's MPEG decoder returned different samples (runs of zeros) when some berklee mp3 files were read in
 # small blocks (4096..132300 frames); reads of 2**20 frames matched a single whole-file read to 1e-7. So mp3 blocks
 # are read in at least this many frames.
@@ -76,6 +78,9 @@ def _open(path: PathLike) -> sf.SoundFile:
     try:
         if _OGG_CUT.search(f.extra_info):
             raise AudioError(path, "truncated file: the Ogg stream ends without its end-of-stream page")
+        if f.frames >= _UNKNOWN_FRAMES:
+            raise AudioError(path, "unsupported file: its header gives no sample count (e.g. a FLAC written as a "
+                                   "stream), which libsndfile cannot read through; re-encode it")
         if f.frames == 0:
             raise AudioError(path, "zero-length audio (the header is valid but holds 0 samples)")
         if f.samplerate <= 0:

@@ -118,6 +118,15 @@ def _bad_float(tmp_path: Path, value: float) -> Path:
     return path
 
 
+def _flac_without_length(tmp_path: Path) -> Path:
+    path = tmp_path / "nolength.flac"
+    sf.write(path, _noise(0.5, 16000), 16000)
+    data = bytearray(path.read_bytes())
+    data[21] &= 0xF0  # STREAMINFO's 36-bit total-samples field: 0 means "unknown"
+    data[22:26] = bytes(4)
+    return _write_bytes(path, bytes(data))
+
+
 BAD_CASES = {
     "missing": (lambda d: d / "nope.wav", "not found"),
     "directory": (lambda d: (d / "dir.wav").mkdir() or d / "dir.wav", "not a regular file"),
@@ -129,6 +138,7 @@ BAD_CASES = {
     "truncated_ogg": (lambda d: _truncated(d, "ogg"), "truncated"),
     "zero_length": (lambda d: sf.write(d / "zero.wav", np.zeros(0, np.float32), 16000) or d / "zero.wav",
                     "zero-length"),
+    "no_length": (_flac_without_length, "no sample count"),
     "nan": (lambda d: _bad_float(d, np.nan), "NaN/Inf"),
     "inf": (lambda d: _bad_float(d, np.inf), "NaN/Inf"),
 }
