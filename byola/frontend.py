@@ -101,6 +101,14 @@ class LogMelSpectrogram(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         wave = self._check(wave)
+        kind = wave.device.type
+        if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+            # Under mixed precision the STFT would run in fp16/bf16 (errors of ~0.02 nats): keep it in float32.
+            with torch.autocast(kind, enabled=False):
+                return self._log_mel(wave)
+        return self._log_mel(wave)
+
+    def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         if self.melspec is None:
             mel = self._librosa(wave)
         else:

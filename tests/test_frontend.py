@@ -111,6 +111,15 @@ def test_runs_where_it_sits(backend):
     assert m64(torch.randn(1, 16000, dtype=torch.float64)).dtype == torch.float64
 
 
+@pytest.mark.parametrize("backend", ["nnaudio", "torchaudio"])
+def test_full_precision_under_autocast(frontends, backend):
+    x = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
+    ref = frontends[backend](x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = frontends[backend](x)
+    assert y.dtype == torch.float32 and torch.equal(y, ref)
+
+
 def _check_parity(frontends, clips):
     worst = {}
     for name, wave in clips.items():
