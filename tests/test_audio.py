@@ -216,3 +216,10 @@ def test_stream_memory_does_not_grow_with_length(tmp_path):
 def test_stream_rejects_bad_block(tone_wav):
     with pytest.raises(ValueError):
         next(stream_audio(tone_wav, block_seconds=0))
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "text_as_wav", "truncated_wav", "zero_length", "no_length"])
+def test_audio_duration_rejects_bad_headers(tmp_path, case):
+    make, reason = BAD_CASES[case]
+    with pytest.raises(AudioError, match=reason):
+        audio_duration(make(tmp_path))
