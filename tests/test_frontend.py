@@ -105,6 +105,7 @@ def test_runs_where_it_sits(backend):
     """Everything the computation needs is a buffer: on the meta device no CPU constant can sneak in."""
     m = LogMelSpectrogram(backend=backend)
     assert sum(b.numel() for b in m.buffers()) > 0 and not list(m.parameters())
+    assert m.state_dict() == {}  # derived from config(): nothing to save
     y = m.to("meta")(torch.zeros(2, 16000, device="meta"))
     assert y.device.type == "meta" and y.shape == (2, 64, 101)
     m64 = LogMelSpectrogram(backend=backend).double()
