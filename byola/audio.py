@@ -108,7 +108,8 @@ def _read(f: sf.SoundFile, path: PathLike, frames: int) -> np.ndarray:
     try:
         data = f.read(frames, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
-        raise AudioError(path, f"corrupt or truncated audio (libsndfile: {e.error_string.strip().rstrip('.')})") from None
+        said = e.error_string.strip().rstrip(".")
+        raise AudioError(path, f"corrupt or truncated audio (libsndfile: {said})") from None
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         bad = int((~np.isfinite(mono)).sum())
