@@ -11,6 +11,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 def fold_batchnorm(module: nn.Module) -> int:
     """In place: fold every ``BatchNorm2d`` that directly follows a ``Conv2d`` in an ``nn.Sequential`` into that
     convolution (eval-mode statistics) and replace it by ``nn.Identity`` so indices stay put. Returns the count."""
+    if module.training:
+        raise ValueError("fold_batchnorm needs a module in eval mode (it bakes in the running statistics)")
     folded = 0
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
