@@ -16,6 +16,15 @@ from byola.engine.predictors import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared machine (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def spd(d: int, cond: float = 10.0, seed: int = 0) -> torch.Tensor:
     """Symmetric positive definite d × d with eigenvalues log-spaced in [1/cond, 1] (float64)."""
     g = torch.Generator().manual_seed(seed)
@@ -288,7 +297,7 @@ def test_statistics_are_all_reduced_across_ranks(tmp_path):
     torch.save((z, zt), out + ".in")
     script = tmp_path / "worker.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                          os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "init"), out], env=env)
              for r in range(2)]

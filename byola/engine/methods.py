@@ -137,7 +137,8 @@ def get_method(name: str, **overrides: Any) -> MethodSpec:
 def build_method(name: str, encoder: nn.Module, embed_dim: int, **overrides: Any) -> BYOL:
     """Build method ``name`` around ``encoder``.
 
-    ``overrides`` may set any :class:`MethodSpec` field (``predictor_params`` is merged into the spec's) and any
+    ``overrides`` may set any :class:`MethodSpec` field (``predictor_params`` is merged into the spec's when the
+    predictor kind is unchanged) and any
     other :class:`BYOL` keyword (``projector_hidden``, ``projector_dim``, ``predictor_hidden``, ``tau_base``,
     ``tau_schedule``, ``target_mode``), which take precedence over the spec's ``defaults``. When the spec sets
     ``backbone_norm`` or ``weight_standardization``, the encoder is modified in place before the targets are
@@ -147,9 +148,10 @@ def build_method(name: str, encoder: nn.Module, embed_dim: int, **overrides: Any
     if unknown:
         raise ValueError(f"unknown overrides for {name!r}: {sorted(unknown)}")
     spec_over = {k: v for k, v in overrides.items() if k in _SPEC_FIELDS}
-    if "predictor_params" in spec_over:
-        base = METHODS[name].predictor_params if name in METHODS else {}
-        spec_over["predictor_params"] = {**base, **spec_over["predictor_params"]}
+    if "predictor_params" in spec_over and name in METHODS:
+        base = METHODS[name]
+        if spec_over.get("predictor", base.predictor) == base.predictor:
+            spec_over["predictor_params"] = {**base.predictor_params, **spec_over["predictor_params"]}
     spec = get_method(name, **spec_over)
     if spec.backbone_norm is not None:
         replace_batchnorm(encoder, spec.backbone_norm)
