@@ -89,7 +89,8 @@ class ClosedFormPredictor(nn.Module):
         dim: projection size ``d``.
         ridge: ``α`` added to Σ as ``αI`` before solving.
         ema: momentum of an EMA on the predictor matrix, ``P ← ema·P + (1 − ema)·P_new`` (0: no EMA).
-        update_every: recompute ``P`` every ``k`` training calls (statistics still accumulate every call).
+        update_every: recompute ``P`` every ``k`` training calls (statistics still accumulate every call; with
+            gradient accumulation a call is a micro-batch).
         stat_momentum: EMA momentum for Σ and C across calls, ``Σ ← ρΣ + (1 − ρ)Σ_batch`` (0: batch only).
         sync_dist: all-reduce batch statistics across ``torch.distributed`` ranks when initialized.
     """
