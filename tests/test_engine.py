@@ -159,7 +159,9 @@ def test_mlp_norms(norm):
 
 
 def test_norm_helpers():
-    assert group_count(20, 32) == 20 and group_count(96, 32) == 32 and group_count(50, 32) == 25
+    assert group_count(64, 32) == 32 and group_count(96, 32) == 32 and group_count(4096) == 32
+    assert group_count(16) == 8 and group_count(50) == 25 and group_count(7) == 1 and group_count(1) == 1
+    assert group_count(16, min_channels=1) == 16 and group_count(20, 32, 4) == 5
     assert make_norm("gn", 4096).num_groups == 32
     with pytest.raises(ValueError):
         make_norm("batch", 8)

@@ -15,11 +15,18 @@ def _check_norm(norm: str) -> None:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
-def group_count(channels: int, groups: int = 32) -> int:
-    """Largest divisor of ``channels`` not above ``groups`` (GroupNorm needs an exact split)."""
-    if channels < 1 or groups < 1:
-        raise ValueError(f"channels and groups must be positive, got {channels}, {groups}")
-    return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
+def group_count(channels: int, groups: int = 32, min_channels: int = 2) -> int:
+    """Largest divisor of ``channels`` not above ``groups`` nor ``channels // min_channels`` (at least 1).
+
+    GroupNorm needs an exact split; ``min_channels`` keeps at least that many channels per group, so narrow
+    layers do not silently become instance norm (one channel per group), whose per-channel normalization
+    followed by global pooling makes every input's embedding nearly the same.
+    """
+    if channels < 1 or groups < 1 or min_channels < 1:
+        raise ValueError(f"channels, groups and min_channels must be positive, got {channels}, {groups}, "
+                         f"{min_channels}")
+    cap = max(1, min(groups, channels // min_channels))
+    return max(g for g in range(1, cap + 1) if channels % g == 0)
 
 
 def make_norm(norm: str, dim: int, groups: int = 32) -> nn.Module:
