@@ -181,6 +181,19 @@ def test_ns2_approaches_fourth_root():
     assert errs == sorted(errs, reverse=True) and errs[-1] < 1e-4
 
 
+def test_restarting_newton_schulz_toward_sqrt_equals_continuing():
+    """Why NS²'s second stage is a composition: a restart on the residual R = B_n A_n reproduces NS with 2n steps."""
+    sigma = spd(8, cond=1e3, seed=17)
+    a7, b7, _ = newton_schulz(sigma, 7)
+    a14, _, _ = newton_schulz(sigma, 14)
+    eye = torch.eye(8, dtype=torch.float64)
+    y, z = b7 @ a7, eye
+    for _ in range(7):
+        t = 0.5 * (3 * eye - z @ y)
+        y, z = y @ t, t @ z
+    assert rel_err(a7 @ z, a14) < 1e-10
+
+
 def test_stiefel_is_scaled_orthogonal_polar_factor():
     # source="cross": converged P is a multiple of the polar factor of Cᵀ, i.e. z @ Pᵀ ∝ z @ (U Vᵀ).
     c = (spd(8, cond=3.0, seed=9) @ torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))[0]).float()
