@@ -23,8 +23,8 @@ from torchvision.transforms.v2 import functional as TF
 from byola.augment import _random
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "resized_crop", "adjust_brightness", "adjust_contrast",
-           "adjust_saturation", "adjust_hue", "gaussian_blur", "solarize", "BYOLImageAugment", "BYOLImageViews",
-           "byol_view_pair"]
+           "adjust_saturation", "adjust_hue", "color_jitter", "gaussian_blur", "solarize", "default_blur_kernel",
+           "BYOLImageAugment", "BYOLImageViews", "byol_view_pair"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,6 +142,35 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return maxc.unsqueeze(-3) * (1.0 - sat.unsqueeze(-3) * ramp)
 
 
+def color_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
+                 hue: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Per-sample brightness, contrast, saturation and hue adjustments (factors [B]) applied in the per-sample
+    order ``order`` [B, 4] (a permutation of 0..3 = brightness, contrast, saturation, hue), like torchvision's
+    ColorJitter.
+
+    Batched: the three blends are one op with a per-sample blend target (0, mean gray level, or grayscale image)
+    and factor. The blends before each sample's hue step run in 3 masked steps (identity factor 1 where inactive,
+    an exact no-op), then the hue rotation runs once on the whole batch, then the blends after it in 3 more steps.
+    """
+    factors = torch.stack([brightness, contrast, saturation, torch.ones_like(brightness)], dim=1)  # [B, 4]
+    hue_step = (order == 3).long().argmax(dim=1)
+
+    def blend_step(x: torch.Tensor, step: int, active: torch.Tensor) -> torch.Tensor:
+        op = order[:, step]
+        factor = torch.where(active, factors.gather(1, op[:, None])[:, 0], torch.ones_like(brightness))
+        gray = TF.rgb_to_grayscale(x)
+        target = torch.where((op == 1).view(-1, 1, 1, 1), gray.mean(dim=(-3, -2, -1), keepdim=True), gray)
+        target = torch.where((op == 0).view(-1, 1, 1, 1), torch.zeros_like(gray), target)
+        return _blend(x, target, _per_sample(factor, x))
+
+    for step in range(3):                                                 # loops over op positions, not samples
+        x = blend_step(x, step, step < hue_step)
+    x = adjust_hue(x, hue)
+    for step in range(1, 4):
+        x = blend_step(x, step, step > hue_step)
+    return x
+
+
 def solarize(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """``TF.solarize``: pixels at or above ``threshold`` are inverted (``1 - x``)."""
     return torch.where(x >= threshold, 1.0 - x, x)
@@ -166,8 +195,8 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> tor
 # ---------------------------------------------------------------- pipeline
 
 def default_blur_kernel(size: int) -> int:
-    """BYOL's blur kernel: about 10% of the image side, made odd (23 for 224, 3 for 32, 9 for 96)."""
-    k = max(int(0.1 * size), 1)
+    """BYOL's blur kernel: about 10% of the image side, made odd, at least 3 (23 for 224, 9 for 96, 3 for 32)."""
+    k = max(int(0.1 * size), 3)
     return k if k % 2 else k + 1
 
 
@@ -216,22 +245,14 @@ class BYOLImageAugment(nn.Module):
     def _color_jitter(self, x: torch.Tensor) -> torch.Tensor:
         b, dev, g = x.shape[0], x.device, self.generator
         apply = _random.bernoulli((b,), self.jitter_p, g, dev)
-        one = torch.ones(b, device=dev)
-        # Samples that skip jitter get identity factors (exact no-ops for the blends; hue is masked below).
-        factors = [torch.where(apply, _random.uniform((b,), max(0.0, 1 - v), 1 + v, g, dev), one)
+        factors = [_random.uniform((b,), max(0.0, 1 - v), 1 + v, g, dev)
                    for v in (self.brightness, self.contrast, self.saturation)]
         hue = _random.uniform((b,), -self.hue, self.hue, g, dev)
         if self.jitter_random_order:
-            order = _random.permutations(b, 4, g, dev)                        # order[b, step] = op index
+            order = _random.permutations(b, 4, g, dev)
         else:
             order = torch.arange(4, device=dev).expand(b, 4)
-        ops = (adjust_brightness, adjust_contrast, adjust_saturation)
-        for step in range(4):                                                 # loop over the 4 ops, not samples
-            for op_index, (op, factor) in enumerate(zip(ops, factors)):
-                x = op(x, torch.where(order[:, step] == op_index, factor, one))
-            do_hue = apply & (order[:, step] == 3)
-            x = torch.where(do_hue.view(b, 1, 1, 1), adjust_hue(x, hue), x)
-        return x
+        return torch.where(apply.view(b, 1, 1, 1), color_jitter(x, *factors, hue, order), x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_images(x)
