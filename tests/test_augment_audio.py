@@ -290,3 +290,11 @@ def count_ops(module: torch.nn.Module, batch: int) -> int:
 def test_no_python_loop_over_samples(make) -> None:  # noqa: ANN001
     """The number of torch operations per call does not depend on the batch size."""
     assert count_ops(make(), 2) == count_ops(make(), 13)
+
+
+def test_autocast_does_not_lower_precision() -> None:
+    x = logmels(4)
+    expected = AudioViews.byola("v2", bank_size=8, generator=gen())(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = AudioViews.byola("v2", bank_size=8, generator=gen())(x)
+    assert all(g.dtype == torch.float32 and torch.equal(g, e) for g, e in zip(got, expected))

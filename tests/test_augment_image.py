@@ -215,3 +215,11 @@ def test_no_python_loop_over_samples() -> None:
             BYOLImageViews(8, n_views=3, generator=gen())(images(b))
         counts.append(counter.calls)
     assert counts[0] == counts[1]
+
+
+def test_autocast_does_not_lower_precision() -> None:
+    x = images(4, 16, 16)
+    expected = byol_view_pair(16, generator=gen())(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = byol_view_pair(16, generator=gen())(x)
+    assert all(g.dtype == torch.float32 and torch.equal(g, e) for g, e in zip(got, expected))

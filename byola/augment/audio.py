@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from byola.augment import _random
+from byola.augment import _common
 
 __all__ = ["MixupBank", "RandomResizeCrop", "RandomLinearFader", "AudioViews", "standardize_batch"]
 
@@ -79,8 +79,8 @@ class MixupBank(nn.Module):
             return x
         self._check_sample_shape(x)
         b = x.shape[0]
-        idx = _random.randint((b,), self._count, self.generator, x.device)
-        lam = _random.uniform((b,), 0.0, self.ratio, self.generator, x.device)
+        idx = _common.randint((b,), self._count, self.generator, x.device)
+        lam = _common.uniform((b,), 0.0, self.ratio, self.generator, x.device)
         lam = lam.to(x.dtype).view(b, *([1] * (x.dim() - 1)))
         z = self.bank.index_select(0, idx).to(x.dtype)
         if self.log_mixup_exp:
@@ -208,12 +208,12 @@ class RandomResizeCrop(nn.Module):
         canvas_f = int(n_freq * self.virtual_crop_scale[0])
         canvas_t = int(n_time * self.virtual_crop_scale[1])
         g = self.generator
-        fs = _random.uniform((batch,), *self.freq_scale, g, device)
-        ts = _random.uniform((batch,), *self.time_scale, g, device)
+        fs = _common.uniform((batch,), *self.freq_scale, g, device)
+        ts = _common.uniform((batch,), *self.time_scale, g, device)
         height = (fs * n_freq).long().clamp(1, canvas_f)
         width = (ts * n_time).long().clamp(1, canvas_t)
-        top = _random.randint((batch,), canvas_f - height + 1, g, device)
-        left = _random.randint((batch,), canvas_t - width + 1, g, device)
+        top = _common.randint((batch,), canvas_f - height + 1, g, device)
+        left = _common.randint((batch,), canvas_t - width + 1, g, device)
         return {"top": top, "left": left, "height": height, "width": width}
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -226,7 +226,8 @@ class RandomResizeCrop(nn.Module):
         cols = _bicubic_crop_matrix(params["left"], params["width"], n_time, n_time, pad_t, self.align_corners)
         if x.dim() == 4:
             rows, cols = rows[:, None], cols[:, None]
-        return rows.to(x.dtype) @ x @ cols.transpose(-1, -2).to(x.dtype)
+        with _common.no_autocast(x.device):
+            return rows.to(x.dtype) @ x @ cols.transpose(-1, -2).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_logmel(x, "RandomResizeCrop")
@@ -255,7 +256,7 @@ class RandomLinearFader(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_logmel(x, "RandomLinearFader")
         b, n_time = x.shape[0], x.shape[-1]
-        ends = _random.uniform((b, 2), -self.gain, self.gain, self.generator, x.device).to(x.dtype)
+        ends = _common.uniform((b, 2), -self.gain, self.gain, self.generator, x.device).to(x.dtype)
         ramp = torch.linspace(0.0, 1.0, n_time, device=x.device, dtype=x.dtype)
         fade = ends[:, :1] + (ends[:, 1:] - ends[:, :1]) * ramp            # [B, T]
         return x + fade.view(b, *([1] * (x.dim() - 2)), n_time)

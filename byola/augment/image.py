@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from byola.augment import _random
+from byola.augment import _common
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "resized_crop", "adjust_brightness", "adjust_contrast",
            "adjust_saturation", "adjust_hue", "color_jitter", "gaussian_blur", "solarize", "default_blur_kernel",
@@ -65,7 +65,8 @@ def resized_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height:
     Crops must lie inside the image."""
     rows = _bilinear_crop_matrix(top, height, x.shape[-2], size[0]).to(x.dtype)
     cols = _bilinear_crop_matrix(left, width, x.shape[-1], size[1]).to(x.dtype)
-    return rows[:, None] @ x @ cols[:, None].transpose(-1, -2)
+    with _common.no_autocast(x.device):
+        return rows[:, None] @ x @ cols[:, None].transpose(-1, -2)
 
 
 def _sample_crops(batch: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
@@ -74,8 +75,8 @@ def _sample_crops(batch: int, height: int, width: int, scale: tuple[float, float
     """torchvision's ``RandomResizedCrop.get_params`` for a batch: ``attempts`` candidates per sample, the first
     that fits is used, else the central crop with the ratio clamped to ``ratio``. Returns top, left, h, w (int64)."""
     area = height * width
-    target = area * _random.uniform((batch, attempts), *scale, generator, device)
-    aspect = torch.exp(_random.uniform((batch, attempts), math.log(ratio[0]), math.log(ratio[1]), generator, device))
+    target = area * _common.uniform((batch, attempts), *scale, generator, device)
+    aspect = torch.exp(_common.uniform((batch, attempts), math.log(ratio[0]), math.log(ratio[1]), generator, device))
     w = torch.round(torch.sqrt(target * aspect)).long()
     h = torch.round(torch.sqrt(target / aspect)).long()
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -91,9 +92,9 @@ def _sample_crops(batch: int, height: int, width: int, scale: tuple[float, float
         fw, fh = width, height
     w = torch.where(found, w, torch.full_like(w, fw))
     h = torch.where(found, h, torch.full_like(h, fh))
-    top = torch.where(found, _random.randint((batch,), height - h + 1, generator, device),
+    top = torch.where(found, _common.randint((batch,), height - h + 1, generator, device),
                       torch.full_like(h, (height - fh) // 2))
-    left = torch.where(found, _random.randint((batch,), width - w + 1, generator, device),
+    left = torch.where(found, _common.randint((batch,), width - w + 1, generator, device),
                        torch.full_like(w, (width - fw) // 2))
     return top, left, h, w
 
@@ -187,8 +188,9 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> tor
     kernel = torch.softmax(-0.5 * (pos / sigma.to(device=x.device, dtype=x.dtype)[:, None]) ** 2, dim=1)  # [B, k]
     kernel = kernel.repeat_interleave(c, dim=0)                                                   # [B*C, k]
     y = F.pad(x.reshape(1, b * c, h, w), (half, half, half, half), mode="reflect")
-    y = F.conv2d(y, kernel.view(b * c, 1, kernel_size, 1), groups=b * c)
-    y = F.conv2d(y, kernel.view(b * c, 1, 1, kernel_size), groups=b * c)
+    with _common.no_autocast(x.device):
+        y = F.conv2d(y, kernel.view(b * c, 1, kernel_size, 1), groups=b * c)
+        y = F.conv2d(y, kernel.view(b * c, 1, 1, kernel_size), groups=b * c)
     return y.view(b, c, h, w)
 
 
@@ -244,12 +246,12 @@ class BYOLImageAugment(nn.Module):
 
     def _color_jitter(self, x: torch.Tensor) -> torch.Tensor:
         b, dev, g = x.shape[0], x.device, self.generator
-        apply = _random.bernoulli((b,), self.jitter_p, g, dev)
-        factors = [_random.uniform((b,), max(0.0, 1 - v), 1 + v, g, dev)
+        apply = _common.bernoulli((b,), self.jitter_p, g, dev)
+        factors = [_common.uniform((b,), max(0.0, 1 - v), 1 + v, g, dev)
                    for v in (self.brightness, self.contrast, self.saturation)]
-        hue = _random.uniform((b,), -self.hue, self.hue, g, dev)
+        hue = _common.uniform((b,), -self.hue, self.hue, g, dev)
         if self.jitter_random_order:
-            order = _random.permutations(b, 4, g, dev)
+            order = _common.permutations(b, 4, g, dev)
         else:
             order = torch.arange(4, device=dev).expand(b, 4)
         return torch.where(apply.view(b, 1, 1, 1), color_jitter(x, *factors, hue, order), x)
@@ -259,17 +261,17 @@ class BYOLImageAugment(nn.Module):
         b, dev, g = x.shape[0], x.device, self.generator
         top, left, h, w = _sample_crops(b, x.shape[-2], x.shape[-1], self.crop_scale, self.crop_ratio, g, dev)
         x = resized_crop(x, top, left, h, w, self.size)
-        flip = _random.bernoulli((b,), self.flip_p, g, dev).view(b, 1, 1, 1)
+        flip = _common.bernoulli((b,), self.flip_p, g, dev).view(b, 1, 1, 1)
         x = torch.where(flip, x.flip(-1), x)
         x = self._color_jitter(x)
-        gray = _random.bernoulli((b,), self.grayscale_p, g, dev).view(b, 1, 1, 1)
+        gray = _common.bernoulli((b,), self.grayscale_p, g, dev).view(b, 1, 1, 1)
         x = torch.where(gray, TF.rgb_to_grayscale(x, num_output_channels=3), x)
         if self.blur_p > 0:
-            blur = _random.bernoulli((b,), self.blur_p, g, dev).view(b, 1, 1, 1)
-            sigma = _random.uniform((b,), *self.blur_sigma, g, dev)
+            blur = _common.bernoulli((b,), self.blur_p, g, dev).view(b, 1, 1, 1)
+            sigma = _common.uniform((b,), *self.blur_sigma, g, dev)
             x = torch.where(blur, gaussian_blur(x, self.blur_kernel_size, sigma), x)
         if self.solarize_p > 0:
-            sol = _random.bernoulli((b,), self.solarize_p, g, dev).view(b, 1, 1, 1)
+            sol = _common.bernoulli((b,), self.solarize_p, g, dev).view(b, 1, 1, 1)
             x = torch.where(sol, solarize(x, self.solarize_threshold), x)
         return TF.normalize(x, self.mean, self.std)
 

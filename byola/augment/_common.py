@@ -1,4 +1,6 @@
-"""Random draws for the batched augmentations: one optional ``torch.Generator`` drives every draw.
+"""Shared helpers of the batched augmentations: random draws and autocast control.
+
+Random draws: one optional ``torch.Generator`` drives every draw.
 
 Numbers are drawn on the generator's device (the default generator of the target device when none is given) and
 then moved to the data's device, so a CPU generator can drive GPU augmentations and its state is easy to
@@ -6,7 +8,17 @@ checkpoint (``generator.get_state()`` / ``set_state()``).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast on ``device``: augmentations are preprocessing and keep the dtype of their input (matmuls
+    and convolutions would otherwise run in half precision inside a mixed-precision training step)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
