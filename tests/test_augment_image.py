@@ -143,6 +143,7 @@ def test_blur_always_applied_in_view_one() -> None:
     x = images(200, 16, 16)
     kw = {k: v for k, v in NEUTRAL.items() if k not in ("blur_p", "solarize_p")}
     views = BYOLImageViews(16, blur_sigma=(1.0, 2.0), **kw)                  # sigma 0.1 barely changes pixels
+    assert (views.aug1.blur_p, views.aug1.solarize_p, views.aug2.blur_p, views.aug2.solarize_p) == (1, 0, 0.1, 0.2)
     v1, v2 = views(x)
     changed1 = (v1 - x).abs().flatten(1).amax(1) > 1e-6
     changed2 = (v2 - x).abs().flatten(1).amax(1) > 1e-6

@@ -60,24 +60,29 @@ class MixupBank(nn.Module):
         self._ptr = 0
 
     def extra_repr(self) -> str:
-        return f"ratio={self.ratio}, bank_size={self.bank_size}, log_mixup_exp={self.log_mixup_exp}, filled={self._count}"
+        return (f"ratio={self.ratio}, bank_size={self.bank_size}, log_mixup_exp={self.log_mixup_exp}, "
+                f"filled={self._count}")
 
     @property
     def filled(self) -> int:
         """Number of samples in the bank."""
         return self._count
 
-    def _check_sample_shape(self, x: torch.Tensor) -> None:
-        if self._count and tuple(self.bank.shape[1:]) != tuple(x.shape[1:]):
+    def _check_compatible(self, x: torch.Tensor) -> None:
+        if not self._count:
+            return
+        if tuple(self.bank.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(f"MixupBank holds samples of shape {tuple(self.bank.shape[1:])}, "
                              f"got a batch of {tuple(x.shape[1:])} samples")
+        if self.bank.device != x.device:
+            raise ValueError(f"MixupBank lives on {self.bank.device}, got a batch on {x.device}")
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Mix every sample of ``x`` with a random bank entry (no push)."""
         _check_logmel(x, "MixupBank")
         if self._count == 0:
             return x
-        self._check_sample_shape(x)
+        self._check_compatible(x)
         b = x.shape[0]
         idx = _common.randint((b,), self._count, self.generator, x.device)
         lam = _common.uniform((b,), 0.0, self.ratio, self.generator, x.device)
@@ -94,9 +99,7 @@ class MixupBank(nn.Module):
         shape = (self.bank_size, *x.shape[1:])
         if self._count == 0 and (tuple(self.bank.shape) != shape or self.bank.device != x.device):
             self.bank = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        self._check_sample_shape(x)
-        if self.bank.device != x.device:
-            raise ValueError(f"MixupBank lives on {self.bank.device}, got a batch on {x.device}")
+        self._check_compatible(x)
         n = min(x.shape[0], self.bank_size)
         slots = (self._ptr + torch.arange(n, device=x.device)) % self.bank_size
         self.bank.index_copy_(0, slots, x[-n:].detach().to(self.bank.dtype))

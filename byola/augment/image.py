@@ -205,8 +205,9 @@ def default_blur_kernel(size: int) -> int:
 class BYOLImageAugment(nn.Module):
     """One of BYOL's two image augmentations (see the module docstring), run on a whole batch.
 
-    ``size`` is the output side (int) or (height, width). Color jitter factors are drawn as in torchvision
-    (brightness/contrast from ``[max(0, 1 - v), 1 + v]``, saturation likewise, hue from ``[-hue, hue]``), applied
+    ``size`` is the output side (int) or (height, width). Color jitter follows torchvision's semantics
+    (multiplicative brightness; BYOL's TensorFlow code adds a brightness delta instead): factors are drawn from
+    ``[max(0, 1 - v), 1 + v]`` for brightness, contrast and saturation, and from ``[-hue, hue]`` for hue, applied
     with probability ``jitter_p`` in a per-sample random order (``jitter_random_order=False``: brightness, contrast,
     saturation, hue). ``blur_kernel_size`` defaults to :func:`default_blur_kernel` of the output height.
     Resizing is bilinear with antialiasing (torchvision's default for RandomResizedCrop on tensors).
@@ -277,18 +278,22 @@ class BYOLImageAugment(nn.Module):
 
 
 class BYOLImageViews(nn.Module):
-    """BYOL's asymmetric views: view 1 from augmentation 1 (blur p 1.0, solarize p 0.0), view 2 from augmentation 2
-    (blur p 0.1, solarize p 0.2). ``n_views=3`` (TriBYOL) adds view 3, a second independent draw of augmentation 2.
-    Keyword overrides in ``aug_kwargs`` apply to both augmentations."""
+    """BYOL's asymmetric views: view 1 from augmentation 1 (blur p ``blur_p[0]`` = 1.0, solarize p
+    ``solarize_p[0]`` = 0.0), view 2 from augmentation 2 (blur p 0.1, solarize p 0.2). ``n_views=3`` (TriBYOL) adds
+    view 3, a second independent draw of augmentation 2. Other keyword arguments (``aug_kwargs``) go to both
+    :class:`BYOLImageAugment` instances."""
 
-    def __init__(self, size: int | tuple[int, int], n_views: int = 2, generator: torch.Generator | None = None,
+    def __init__(self, size: int | tuple[int, int], n_views: int = 2, *, blur_p: tuple[float, float] = (1.0, 0.1),
+                 solarize_p: tuple[float, float] = (0.0, 0.2), generator: torch.Generator | None = None,
                  **aug_kwargs: object) -> None:
         super().__init__()
         if n_views not in (2, 3):
             raise ValueError(f"n_views must be 2 (BYOL) or 3 (TriBYOL), got {n_views}")
         self.n_views = n_views
-        self.aug1 = BYOLImageAugment(size, blur_p=1.0, solarize_p=0.0, generator=generator, **aug_kwargs)
-        self.aug2 = BYOLImageAugment(size, blur_p=0.1, solarize_p=0.2, generator=generator, **aug_kwargs)
+        self.aug1 = BYOLImageAugment(size, blur_p=blur_p[0], solarize_p=solarize_p[0], generator=generator,
+                                     **aug_kwargs)
+        self.aug2 = BYOLImageAugment(size, blur_p=blur_p[1], solarize_p=solarize_p[1], generator=generator,
+                                     **aug_kwargs)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         _check_images(x)
