@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from byola.augment.audio import AudioViews, standardize_batch
+from byola.augment.audio import AudioViews
 from byola.augment.image import BYOLImageViews
 
 
@@ -60,7 +60,7 @@ def audio_loop_baseline(x: torch.Tensor, bank: torch.Tensor, views: AudioViews) 
                                  align_corners=True)[0, 0]
             g = torch.empty(2).uniform_(-1, 1)
             out.append(crop + torch.linspace(g[0].item(), g[1].item(), nt))
-    return list(standardize_batch(torch.stack(out)).chunk(views.n_views))
+    return list(views.post_norm(torch.stack(out)).chunk(views.n_views))
 
 
 def grid_sample_rrc(x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +96,7 @@ def main() -> None:
         "mixup (mix+push)": lambda: (views.mixup.mix(both), views.mixup.push(x)),
         "random resize crop": lambda: views.crop(both),
         "random linear fader": lambda: views.fader(both),
-        "post-normalization": lambda: standardize_batch(both),
+        "post-normalization": lambda: views.post_norm(both),
     }
     full = timeit(lambda: views(x), device, args.reps)
     print("\naudio: BYOL-A v2 two views of [64, 64, 96] log-mels")

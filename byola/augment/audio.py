@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from byola.augment import _common
+from byola.norm import PostNormalization
 
-__all__ = ["MixupBank", "RandomResizeCrop", "RandomLinearFader", "AudioViews", "standardize_batch"]
+__all__ = ["MixupBank", "RandomResizeCrop", "RandomLinearFader", "AudioViews"]
 
 
 def _check_logmel(x: torch.Tensor, name: str) -> None:
@@ -265,14 +266,9 @@ class RandomLinearFader(nn.Module):
         return x + fade.view(b, *([1] * (x.dim() - 2)), n_time)
 
 
-def standardize_batch(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """BYOL-A's post-normalization: standardize a batch with its own mean and std (over every element)."""
-    return (x - x.mean()) / (x.std() + eps)
-
-
 class AudioViews(nn.Module):
     """BYOL-A's view maker: ``n_views`` views of a log-mel batch, each Mixup -> RandomResizeCrop -> (Fader), then
-    post-normalization over the batch of all views together.
+    post-normalization (:class:`byola.norm.PostNormalization`) over the batch of all views together.
 
     All views go through every module as one batch ``[n_views * B, ...]`` (each sample of each view draws its own
     parameters). The views share one memory bank: every view is mixed with the bank as it was before this batch,
@@ -288,7 +284,7 @@ class AudioViews(nn.Module):
         self.crop = crop
         self.fader = fader
         self.n_views = int(n_views)
-        self.post_norm = bool(post_norm)
+        self.post_norm = PostNormalization() if post_norm else None
 
     @classmethod
     def byola(cls, version: str = "v2", *, n_views: int = 2, mixup_ratio: float | None = None,
@@ -319,6 +315,6 @@ class AudioViews(nn.Module):
             views = self.crop(views)
         if self.fader is not None:
             views = self.fader(views)
-        if self.post_norm:
-            views = standardize_batch(views)
+        if self.post_norm is not None:
+            views = self.post_norm(views)
         return list(views.chunk(self.n_views, dim=0))
