@@ -298,3 +298,19 @@ def test_autocast_does_not_lower_precision() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = AudioViews.byola("v2", bank_size=8, generator=gen())(x)
     assert all(g.dtype == torch.float32 and torch.equal(g, e) for g, e in zip(got, expected))
+
+
+def test_audio_views_resume_from_state_dict_and_generator_state() -> None:
+    g = gen(11)
+    a = AudioViews.byola("v2", bank_size=8, generator=g)
+    for step in range(3):
+        a(logmels(4, seed=step))
+    state, rng = a.state_dict(), g.get_state()
+    assert set(state) == {"mixup.bank", "mixup.count", "mixup.ptr"}
+    g2 = torch.Generator()
+    g2.set_state(rng)
+    b = AudioViews.byola("v2", bank_size=8, generator=g2)
+    b.load_state_dict(state)
+    for step in range(3, 5):
+        x = logmels(4, seed=step)
+        assert all(torch.equal(u, v) for u, v in zip(a(x), b(x)))

@@ -178,7 +178,7 @@ class RandomResizeCrop(nn.Module):
     and ``ts ~ U[time_scale)`` give a crop of ``h = clamp(int(fs * F), 1, canvas_F)`` bins by
     ``w = clamp(int(ts * T), 1, canvas_T)`` frames, whose top-left corner is uniform over the integer positions
     that keep it inside the canvas (``{0, ..., canvas - crop}`` on each axis, independently). The crop is resized
-    back to ``[F, T]`` with bicubic interpolation (``align_corners`` as given; BYOL-A uses True).
+    back to ``[F, T]`` with bicubic interpolation (``align_corners``, default True).
 
     Implementation: crop + bicubic resize is separable, so each axis becomes a per-sample resampling matrix and the
     batch is transformed with two batched matmuls. This is used instead of ``grid_sample(mode="bicubic")`` because
