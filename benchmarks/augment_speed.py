@@ -9,7 +9,7 @@ Audio: BYOL-A v2 two-view pipeline (Mixup -> RRC -> RLF -> post-norm) on 64 log-
 split, against (a) the same operations done sample by sample in a Python loop (crop + F.interpolate per sample, as a
 dataset-side implementation does) and (b) one grid_sample(mode="bicubic") call over the batch, the alternative
 resampling method. Images: BYOL's two views of 256 images 32x32 against torchvision.transforms.v2 applied image by
-image.
+image. For context, an AudioNTT2020 (d=512) forward+backward on the audio views.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 
 from byola.augment.audio import AudioViews
 from byola.augment.image import BYOLImageViews
+from byola.models.audio import AudioNTT2020
 
 
 def timeit(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 3) -> float:
@@ -101,16 +102,28 @@ def main() -> None:
     full = timeit(lambda: views(x), device, args.reps)
     print("\naudio: BYOL-A v2 two views of [64, 64, 96] log-mels")
     print(f"  batched pipeline           {full * 1e3:8.2f} ms/batch   {64 / full:9.0f} clips/s")
+    stage_times = {}
     for name, fn in stages.items():
-        t = timeit(fn, device, args.reps)
+        stage_times[name] = t = timeit(fn, device, args.reps)
         print(f"    {name:24s} {t * 1e3:8.2f} ms   ({100 * t / full:4.1f}% of pipeline)")
     bank = views.mixup.bank
     loop = timeit(lambda: audio_loop_baseline(x, bank, views), device, max(3, args.reps // 5), warmup=1)
     print(f"  per-sample loop baseline   {loop * 1e3:8.2f} ms/batch   -> batched is {loop / full:5.1f}x faster")
     gs = timeit(lambda: grid_sample_rrc(both), device, args.reps)
-    rrc = timeit(stages["random resize crop"], device, args.reps)
+    rrc = stage_times["random resize crop"]
     print(f"  RRC reference: one bicubic grid_sample call {gs * 1e3:.2f} ms vs separable matmul RRC "
           f"{rrc * 1e3:.2f} ms ({gs / rrc:.1f}x)")
+
+    encoder = AudioNTT2020(n_mels=64, d=512).to(device)
+    view_a, view_b = views(x)
+
+    def model_step() -> None:
+        encoder.zero_grad(set_to_none=True)
+        (encoder(view_a[:, None]).sum() + encoder(view_b[:, None]).sum()).backward()
+
+    model = timeit(model_step, device, max(3, args.reps // 4), warmup=1)
+    print(f"  context: AudioNTT2020 d=512 forward+backward on both views {model * 1e3:.1f} ms -> augmentation is "
+          f"{100 * full / (full + model):.1f}% of augmentation + encoder step")
 
     # ---------------- images
     imgs = torch.rand(256, 3, 32, 32, device=device)
