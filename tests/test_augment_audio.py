@@ -314,3 +314,21 @@ def test_audio_views_resume_from_state_dict_and_generator_state() -> None:
     for step in range(3, 5):
         x = logmels(4, seed=step)
         assert all(torch.equal(u, v) for u, v in zip(a(x), b(x)))
+
+
+def test_pipeline_on_frontend_log_mels() -> None:
+    """Waves -> LogMelSpectrogram -> PreNormalization -> AudioViews, at BYOL-A's unit size (0.95 s -> 96 frames)."""
+    from byola.frontend import LogMelSpectrogram
+    from byola.norm import PreNormalization
+
+    t = torch.arange(15200) / 16000
+    freqs = torch.tensor([220.0, 440.0, 880.0, 1760.0])[:, None]
+    waves = 0.5 * torch.sin(2 * torch.pi * freqs * t) + 0.01 * torch.randn(4, 15200, generator=gen())
+    lms = LogMelSpectrogram(backend="torchaudio")(waves)
+    lms = PreNormalization(float(lms.mean()), float(lms.std()))(lms)
+    assert lms.shape == (4, 64, 96)
+    views = AudioViews.byola("v2", bank_size=16, generator=gen())
+    for _ in range(2):
+        v1, v2 = views(lms[:, None])
+    assert v1.shape == v2.shape == (4, 1, 64, 96) and torch.isfinite(torch.cat([v1, v2])).all()
+    assert views.mixup.filled == 8

@@ -38,8 +38,9 @@ class MixupBank(nn.Module):
 
     The bank is a ring buffer tensor ``[bank_size, *sample_shape]`` allocated on the data's device at the first push;
     ``bank``, ``count`` (filled slots) and ``ptr`` (next write slot) are buffers, so ``state_dict`` round-trips the
-    whole memory and a resumed run continues identically (restore the generator's state as well). BYOL-A v1 uses
-    ``ratio=0.4``, v2 ``ratio=0.2``.
+    whole memory and a resumed run continues identically (restore the generator's state as well). Under distributed
+    data parallel each process keeps its own bank of its own samples. BYOL-A v1 uses ``ratio=0.4``, v2
+    ``ratio=0.2``.
     """
 
     def __init__(self, ratio: float = 0.4, bank_size: int = 2048, log_mixup_exp: bool = True,
