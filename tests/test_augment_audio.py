@@ -262,6 +262,9 @@ def test_audio_views_post_normalizes_all_views_together_and_shares_the_bank() ->
     both = torch.cat([v1, v2])
     assert abs(both.mean().item()) < 1e-5 and abs(both.std().item() - 1) < 1e-5
     assert not torch.allclose(v1, v2)
+    stats = {k: v.item() for k, v in views.last_stats.items()}
+    assert abs(stats["pre_mean"] - 5) < 1.5 and stats["pre_std"] > 1.5
+    assert abs(stats["post_mean"]) < 1e-5 and abs(stats["post_std"] - 1) < 1e-5
     assert views.mixup.filled == 4                                      # pushed once per call, not per view
     views(x)
     assert views.mixup.filled == 8

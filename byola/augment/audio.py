@@ -274,6 +274,9 @@ class AudioViews(nn.Module):
     All views go through every module as one batch ``[n_views * B, ...]`` (each sample of each view draws its own
     parameters). The views share one memory bank: every view is mixed with the bank as it was before this batch,
     then the un-augmented batch is pushed once. Any module may be ``None`` (skipped).
+
+    After each call, ``last_stats`` holds detached 0-dim tensors ``pre_mean``, ``pre_std`` (all views before
+    post-normalization) and ``post_mean``, ``post_std`` (after), for logging without a host-device sync here.
     """
 
     def __init__(self, mixup: MixupBank | None, crop: RandomResizeCrop | None, fader: RandomLinearFader | None = None,
@@ -286,6 +289,7 @@ class AudioViews(nn.Module):
         self.fader = fader
         self.n_views = int(n_views)
         self.post_norm = PostNormalization() if post_norm else None
+        self.last_stats: dict[str, torch.Tensor] = {}
 
     @classmethod
     def byola(cls, version: str = "v2", *, n_views: int = 2, mixup_ratio: float | None = None,
@@ -316,6 +320,9 @@ class AudioViews(nn.Module):
             views = self.crop(views)
         if self.fader is not None:
             views = self.fader(views)
+        pre_std, pre_mean = torch.std_mean(views.detach())
         if self.post_norm is not None:
             views = self.post_norm(views)
+        post_std, post_mean = torch.std_mean(views.detach())
+        self.last_stats = {"pre_mean": pre_mean, "pre_std": pre_std, "post_mean": post_mean, "post_std": post_std}
         return list(views.chunk(self.n_views, dim=0))
