@@ -72,14 +72,19 @@ def test_gaussian_blur_matches_torchvision() -> None:
         gaussian_blur(x, 4, sigma)
 
 
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("size", [(8, 8), (20, 16)])                         # down- and up-sampling
-def test_resized_crop_matches_torchvision(size: tuple[int, int]) -> None:
+def test_resized_crop_matches_torchvision(size: tuple[int, int], interpolation: str) -> None:
     x = images(16, 14, 18)
     top, left, h, w = _sample_crops(16, 14, 18, (0.08, 1.0), (3 / 4, 4 / 3), gen(4), x.device)
-    out = resized_crop(x, top, left, h, w, size)
+    out = resized_crop(x, top, left, h, w, size, interpolation)
+    mode = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}[interpolation]
     for b in range(16):
-        ref = TF.resized_crop(x[b], int(top[b]), int(left[b]), int(h[b]), int(w[b]), list(size), antialias=True)
-        torch.testing.assert_close(out[b], ref, atol=2e-6, rtol=0)
+        ref = TF.resized_crop(x[b], int(top[b]), int(left[b]), int(h[b]), int(w[b]), list(size), mode,
+                              antialias=True)
+        torch.testing.assert_close(out[b], ref, atol=5e-6, rtol=0)
+    with pytest.raises(ValueError, match="interpolation"):
+        resized_crop(x, top, left, h, w, size, "nearest")
 
 
 def test_solarize_inverts_pixels_above_threshold() -> None:

@@ -1,7 +1,7 @@
 """BYOL's asymmetric image augmentations, on batches ``[B, 3, H, W]`` (float in [0, 1]) on any device.
 
 Pipeline (Grill et al. 2020, appendix B), each step with parameters drawn per sample:
-random resized crop (scale 0.08-1, ratio 3/4-4/3, bilinear) -> horizontal flip (p 0.5) -> color jitter
+random resized crop (scale 0.08-1, ratio 3/4-4/3, bicubic) -> horizontal flip (p 0.5) -> color jitter
 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1; p 0.8; the four adjustments in a random order per sample,
 as torchvision's ColorJitter) -> grayscale (p 0.2) -> Gaussian blur (sigma in [0.1, 2.0]; p 1.0 in view 1, 0.1 in
 view 2) -> solarization (p 0.0 in view 1, 0.2 in view 2) -> normalization.
@@ -45,26 +45,45 @@ def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- geometry
 
-def _bilinear_crop_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
+def _triangle(d: torch.Tensor) -> torch.Tensor:
+    return (1 - d).clamp(min=0)
+
+
+def _keys_cubic(d: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """Keys' cubic with a = -0.5, the antialiased bicubic filter of PIL and ``F.interpolate(antialias=True)``."""
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return torch.where(d < 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
+
+
+_FILTERS = {"bilinear": _triangle, "bicubic": _keys_cubic}
+
+
+def _crop_resize_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
+                        interpolation: str) -> torch.Tensor:
     """Per-sample matrices ``[B, out_size, in_size]``: crop ``[start, start + length)`` and resize it to ``out_size``
-    with the (antialiased) bilinear filter of ``F.interpolate(mode="bilinear", antialias=True)``: a triangle of
-    half-width ``max(scale, 1)`` around each output pixel centre, weights normalized over the crop."""
+    with the antialiased filter of ``F.interpolate(mode=interpolation, antialias=True)``: the filter stretched by
+    ``max(scale, 1)`` around each output pixel centre, weights normalized over the crop."""
+    kernel = _FILTERS[interpolation]
     device = start.device
     scale = (length.to(torch.float32) / out_size)[:, None, None]                      # [B, 1, 1]
     centre = scale * (torch.arange(out_size, device=device, dtype=torch.float32)[None, :, None] + 0.5)
     local = torch.arange(in_size, device=device)[None, None, :] - start.view(-1, 1, 1)  # crop-local index
     inside = (local >= 0) & (local < length.view(-1, 1, 1))
-    weights = (1 - ((local + 0.5 - centre) / scale.clamp(min=1.0)).abs()).clamp(min=0) * inside
+    weights = kernel(((local + 0.5 - centre) / scale.clamp(min=1.0)).abs()) * inside
     return weights / weights.sum(dim=2, keepdim=True)
 
 
 def resized_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor, width: torch.Tensor,
-                 size: tuple[int, int]) -> torch.Tensor:
-    """Per-sample ``TF.resized_crop(x[b], top[b], left[b], height[b], width[b], size)`` (bilinear, antialias) for the
-    whole batch: crop + resize is separable, so it is two batched matmuls with per-sample resampling matrices.
+                 size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """Per-sample ``TF.resized_crop(x[b], top[b], left[b], height[b], width[b], size, interpolation, antialias=True)``
+    for the whole batch: crop + resize is separable, so it is two batched matmuls with per-sample resampling
+    matrices. ``interpolation`` is "bilinear" or "bicubic" (which can overshoot the input range; not clamped here).
     Crops must lie inside the image."""
-    rows = _bilinear_crop_matrix(top, height, x.shape[-2], size[0]).to(x.dtype)
-    cols = _bilinear_crop_matrix(left, width, x.shape[-1], size[1]).to(x.dtype)
+    if interpolation not in _FILTERS:
+        raise ValueError(f"interpolation must be one of {sorted(_FILTERS)}, got {interpolation!r}")
+    rows = _crop_resize_matrix(top, height, x.shape[-2], size[0], interpolation).to(x.dtype)
+    cols = _crop_resize_matrix(left, width, x.shape[-1], size[1], interpolation).to(x.dtype)
     with _common.no_autocast(x.device):
         return rows[:, None] @ x @ cols[:, None].transpose(-1, -2)
 
@@ -210,11 +229,13 @@ class BYOLImageAugment(nn.Module):
     ``[max(0, 1 - v), 1 + v]`` for brightness, contrast and saturation, and from ``[-hue, hue]`` for hue, applied
     with probability ``jitter_p`` in a per-sample random order (``jitter_random_order=False``: brightness, contrast,
     saturation, hue). ``blur_kernel_size`` defaults to :func:`default_blur_kernel` of the output height.
-    Resizing is bilinear with antialiasing (torchvision's default for RandomResizedCrop on tensors).
+    The crop is resized with antialiased ``interpolation``: "bicubic" by default, as in the BYOL paper ("bilinear" is
+    torchvision's default), then clamped to [0, 1] (bicubic overshoots) so the color ops see valid pixel values.
     """
 
     def __init__(self, size: int | tuple[int, int], *, crop_scale: tuple[float, float] = (0.08, 1.0),
-                 crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5, jitter_p: float = 0.8,
+                 crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), interpolation: str = "bicubic",
+                 flip_p: float = 0.5, jitter_p: float = 0.8,
                  brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.2, hue: float = 0.1,
                  jitter_random_order: bool = True, grayscale_p: float = 0.2, blur_p: float = 1.0,
                  blur_sigma: tuple[float, float] = (0.1, 2.0), blur_kernel_size: int | None = None,
@@ -231,7 +252,9 @@ class BYOLImageAugment(nn.Module):
             raise ValueError(f"bad crop_scale {crop_scale} or crop_ratio {crop_ratio}")
         if not 0.0 <= hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {hue}")
-        self.crop_scale, self.crop_ratio = tuple(crop_scale), tuple(crop_ratio)
+        if interpolation not in _FILTERS:
+            raise ValueError(f"interpolation must be one of {sorted(_FILTERS)}, got {interpolation!r}")
+        self.crop_scale, self.crop_ratio, self.interpolation = tuple(crop_scale), tuple(crop_ratio), interpolation
         self.flip_p, self.jitter_p, self.grayscale_p = flip_p, jitter_p, grayscale_p
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.jitter_random_order = jitter_random_order
@@ -242,7 +265,7 @@ class BYOLImageAugment(nn.Module):
         self.generator = generator
 
     def extra_repr(self) -> str:
-        return (f"size={self.size}, blur_p={self.blur_p}, blur_kernel_size={self.blur_kernel_size}, "
+        return (f"size={self.size}, interpolation={self.interpolation}, blur_p={self.blur_p}, blur_kernel_size={self.blur_kernel_size}, "
                 f"solarize_p={self.solarize_p}, jitter_random_order={self.jitter_random_order}")
 
     def _color_jitter(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,7 +284,7 @@ class BYOLImageAugment(nn.Module):
         _check_images(x)
         b, dev, g = x.shape[0], x.device, self.generator
         top, left, h, w = _sample_crops(b, x.shape[-2], x.shape[-1], self.crop_scale, self.crop_ratio, g, dev)
-        x = resized_crop(x, top, left, h, w, self.size)
+        x = resized_crop(x, top, left, h, w, self.size, self.interpolation).clamp(0.0, 1.0)
         flip = _common.bernoulli((b,), self.flip_p, g, dev).view(b, 1, 1, 1)
         x = torch.where(flip, x.flip(-1), x)
         x = self._color_jitter(x)
