@@ -134,7 +134,8 @@ def main() -> None:
 
     def tv_aug(blur_p: float, solarize_p: float) -> v2.Compose:
         return v2.Compose([
-            v2.RandomResizedCrop(32, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+            v2.RandomResizedCrop(32, scale=(0.08, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.RandomHorizontalFlip(),
             v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2),
             v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 2.0))], p=blur_p), v2.RandomSolarize(0.5, p=solarize_p),
             v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])

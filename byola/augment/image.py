@@ -265,8 +265,9 @@ class BYOLImageAugment(nn.Module):
         self.generator = generator
 
     def extra_repr(self) -> str:
-        return (f"size={self.size}, interpolation={self.interpolation}, blur_p={self.blur_p}, blur_kernel_size={self.blur_kernel_size}, "
-                f"solarize_p={self.solarize_p}, jitter_random_order={self.jitter_random_order}")
+        return (f"size={self.size}, interpolation={self.interpolation}, blur_p={self.blur_p}, "
+                f"blur_kernel_size={self.blur_kernel_size}, solarize_p={self.solarize_p}, "
+                f"jitter_random_order={self.jitter_random_order}")
 
     def _color_jitter(self, x: torch.Tensor) -> torch.Tensor:
         b, dev, g = x.shape[0], x.device, self.generator
