@@ -1,0 +1,210 @@
+"""Pretraining corpora: scanning folders and file lists, and random fixed-length crops of raw audio.
+
+Decoding and resampling happen in DataLoader workers (through :func:`byola.audio.load_audio`); everything after the
+raw waveform (log-mel, normalization, augmentation) is batched on the device by the caller.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from byola.audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio
+
+__all__ = ["scan_corpus", "probe_files", "RandomCropDataset"]
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+
+def _is_audio(path: str, extensions: Sequence[str]) -> bool:
+    return os.path.splitext(path)[1].lower() in extensions
+
+
+def _walk(folder: str, extensions: Sequence[str]) -> Iterable[str]:
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        yield from (os.path.join(root, f) for f in files if _is_audio(f, extensions))
+
+
+def _read_list(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: neither an audio file ({', '.join(AUDIO_EXTENSIONS)}) nor a UTF-8 text list "
+                         "of audio paths") from None
+    base = os.path.dirname(os.path.abspath(path))
+    entries = (line.strip() for line in text.splitlines())
+    return [e if os.path.isabs(e) else os.path.join(base, e) for e in entries if e and not e.startswith("#")]
+
+
+def scan_corpus(sources: Iterable[PathLike] | PathLike, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[str]:
+    """Audio files of a corpus: absolute paths, deduplicated (by real path) and sorted.
+
+    Each source is a folder (searched recursively for ``extensions``, case-insensitive), an audio file, or a text
+    file listing one path per line (folders or files; relative paths are relative to the list's folder; blank lines
+    and lines starting with ``#`` are ignored). Listed files are kept whatever their extension and whether or not they
+    exist: unreadable files are the dataset's to report. A source that does not exist raises FileNotFoundError; a
+    corpus with no file raises ValueError.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    extensions = tuple(e.lower() for e in extensions)
+    found: dict[str, str] = {}
+
+    def add(path: str) -> None:
+        path = os.path.abspath(path)
+        found.setdefault(os.path.realpath(path), path)
+
+    for source in sources:
+        source = os.fspath(source)
+        if os.path.isdir(source):
+            for f in _walk(source, extensions):
+                add(f)
+        elif os.path.isfile(source):
+            if _is_audio(source, extensions):
+                add(source)
+            else:
+                for entry in _read_list(source):
+                    if os.path.isdir(entry):
+                        for f in _walk(entry, extensions):
+                            add(f)
+                    else:
+                        add(entry)
+        else:
+            raise FileNotFoundError(f"corpus source not found: {source}")
+    if not found:
+        raise ValueError(f"no audio files ({', '.join(extensions)}) found in {list(map(os.fspath, sources))}")
+    return sorted(found.values())
+
+
+def probe_files(files: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Split ``files`` into readable ones and ``{path: reason}`` for those whose header cannot be read
+    (:func:`byola.audio.audio_duration`, no decoding)."""
+    good, bad = [], {}
+    for f in files:
+        try:
+            audio_duration(f)
+            good.append(f)
+        except AudioError as e:
+            bad[f] = e.reason
+    return good, bad
+
+
+def _report(bad: dict[str, str], when: str) -> None:
+    lines = "\n".join(f"  {p}: {r}" for p, r in bad.items())
+    log.warning("skipping %d unreadable audio file(s) (%s):\n%s", len(bad), when, lines)
+
+
+class RandomCropDataset(Dataset):
+    """Random crops of ``unit_sec`` seconds of raw mono audio at ``sample_rate``: item ``i`` is a float32 tensor
+    ``[int(unit_sec * sample_rate)]`` cut from file ``i``.
+
+    Longer files are cropped at an offset uniform over all positions; shorter ones are zero-padded (``pad="center"``:
+    the padding is split evenly before and after, as BYOL-A's dataset does; ``"end"``: after; ``"random"``: a random
+    split). The random draws come from ``numpy.random.default_rng([seed, epoch, i])`` (``set_epoch`` selects the
+    epoch), so they do not depend on the worker that loads the item and are reproduced exactly on resume.
+
+    Unreadable files never stop training. With ``probe=True`` every header is read once at construction and files
+    that fail are dropped with one warning (their reasons in ``self.unreadable``). A file that fails later, while
+    being decoded, is reported once (across all DataLoader workers: the flags live in shared memory) and its item is
+    replaced by the next readable file's crop (a deterministic substitute).
+
+    ``cache_dir``: decoded, resampled audio is kept as one ``.npy`` per file (``cache_dtype`` float32 = bit-exact,
+    float16 = half the disk) keyed by path, size, mtime and sample rate; later reads memory-map the file and read only
+    the crop.
+    """
+
+    def __init__(self, files: Sequence[PathLike], unit_sec: float = 0.95, sample_rate: int = 16000, seed: int = 0,
+                 pad: str = "center", probe: bool = True, cache_dir: PathLike | None = None,
+                 cache_dtype: str = "float32") -> None:
+        if unit_sec <= 0:
+            raise ValueError(f"unit_sec must be > 0, got {unit_sec}")
+        if pad not in ("center", "end", "random"):
+            raise ValueError(f"pad must be 'center', 'end' or 'random', got {pad!r}")
+        if cache_dtype not in ("float32", "float16"):
+            raise ValueError(f"cache_dtype must be 'float32' or 'float16', got {cache_dtype!r}")
+        files = [os.fspath(f) for f in files]
+        self.unreadable: dict[str, str] = {}
+        if probe:
+            files, self.unreadable = probe_files(files)
+            if self.unreadable:
+                _report(self.unreadable, "header check")
+        if not files:
+            raise ValueError("no readable audio file in the corpus")
+        self.files = files
+        self.unit_sec, self.sample_rate, self.seed, self.pad = float(unit_sec), int(sample_rate), int(seed), pad
+        self.unit_samples = int(unit_sec * sample_rate)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_dtype = cache_dtype
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.epoch = 0
+        # 1 = failed to decode and already reported; shared with DataLoader workers (fork or spawn).
+        self._failed = torch.zeros(len(files), dtype=torch.uint8).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose crops ``__getitem__`` returns."""
+        self.epoch = int(epoch)
+
+    @property
+    def failed_files(self) -> list[str]:
+        """Files that failed while being decoded (after the header check)."""
+        return [self.files[i] for i in torch.nonzero(self._failed).flatten().tolist()]
+
+    def _cache_path(self, path: str) -> Path:
+        st = os.stat(path)
+        key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.sample_rate}|{self.cache_dtype}"
+        return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"  # type: ignore[operator]
+
+    def _wave(self, path: str) -> np.ndarray:
+        """The whole decoded file, possibly memory-mapped from the cache."""
+        if self.cache_dir is None:
+            return load_audio(path, self.sample_rate).numpy()
+        cached = self._cache_path(path)
+        if cached.exists():
+            return np.load(cached, mmap_mode="r")
+        wave = load_audio(path, self.sample_rate).numpy().astype(self.cache_dtype)
+        tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.save(f, wave)
+        os.replace(tmp, cached)
+        return wave
+
+    def _crop(self, wave: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        n, unit = len(wave), self.unit_samples
+        out = np.zeros(unit, dtype=np.float32)
+        if n >= unit:
+            start = int(rng.integers(0, n - unit + 1))
+            out[:] = wave[start:start + unit]
+        else:
+            gap = unit - n
+            before = {"center": gap // 2, "end": 0, "random": int(rng.integers(0, gap + 1))}[self.pad]
+            out[before:before + n] = wave
+        return torch.from_numpy(out)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        n = len(self.files)
+        for k in range(n):
+            i = (index + k) % n
+            if self._failed[i]:
+                continue
+            try:
+                return self._crop(self._wave(self.files[i]), rng)
+            except AudioError as e:
+                if not self._failed[i]:
+                    self._failed[i] = 1
+                    log.warning("skipping unreadable audio file %s: %s (its items are replaced by other files)",
+                                e.path, e.reason)
+        raise RuntimeError(f"none of the {n} corpus files could be decoded")

@@ -1,0 +1,146 @@
+"""BYOL-A pretraining wiring (byola.pretrain): recipes, overrides, a tiny end-to-end run, export, resume."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from byola.checkpoint import load_checkpoint
+from byola.engine import trainer as trainer_mod
+from byola.pretrain import RECIPES_DIR, RunningNorm, load_recipe, pretrain, resolve_config
+
+# A few-second run: tiny encoder and heads, 16 mels, batch 4.
+TINY = {"model.conv_channels": 4, "frontend.n_mels": 16, "method.projector_hidden": 32, "method.projector_dim": 16,
+        "method.predictor_hidden": 32, "augment.bank_size": 16, "norm.max_samples": 8, "data.num_workers": 0,
+        "train.batch_size": 4, "train.steps": 6, "train.checkpoint_every": 3, "train.progress": False, "seed": 1}
+TINY_V1 = {**TINY, "model.d": 32}
+TINY_V2 = {**TINY, "model.d": 48, "model.mlp_hidden_d": 16}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared machine (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        sr = (16000, 22050, 8000)[i % 3]
+        t = np.arange(int(sr * (0.6 + 0.2 * i))) / sr
+        chirp = np.sin(2 * np.pi * (150 + 40 * i) * t * (1 + t)) * np.exp(-2 * t * (i % 4))
+        sf.write(root / f"clip{i:02d}.{('wav', 'flac')[i % 2]}",
+                 (0.4 * chirp + 0.02 * rng.standard_normal(t.shape)).astype(np.float32), sr)
+    (root / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    return root
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_recipes_hold_the_published_values() -> None:
+    v1, v2 = load_recipe("byola_v1"), load_recipe(RECIPES_DIR / "byola_v2.yaml")
+    assert (v1["model"], v2["model"]) == ({"name": "AudioNTT2020", "d": 2048}, {"name": "AudioNTT2022", "d": 3072})
+    assert (v1["optim"]["lr"], v2["optim"]["lr"]) == (3e-4, 1e-4)
+    assert (v1["augment"]["mixup_ratio"], v2["augment"]["mixup_ratio"]) == (0.4, 0.2)
+    assert v1["augment"]["fader_gain"] == 0 and v2["augment"]["fader_gain"] > 0
+    for r in (v1, v2):
+        assert r["train"]["batch_size"] == 256 and r["train"]["epochs"] == 100 and r["data"]["unit_sec"] == 0.95
+        assert r["method"]["tau_base"] == 0.99
+        assert (r["method"]["projector_hidden"], r["method"]["projector_dim"]) == (4096, 256)
+    assert (v1["norm"]["mode"], v2["norm"]["mode"]) == ("running", "corpus")
+    with pytest.raises(FileNotFoundError, match="byola_v1"):
+        load_recipe("no_such_recipe")
+
+
+def test_overrides_dotted_flat_and_coerced() -> None:
+    cfg = resolve_config("byola_v2", {"optim.lr": "3e-4", "epochs": 5, "train__batch_size": 8,
+                                      "augment.freq_scale": "[0.5, 2.0]", "model.mlp_hidden_d": 1024,
+                                      "steps": "null"})
+    assert cfg["optim"]["lr"] == 3e-4 and isinstance(cfg["optim"]["lr"], float)
+    assert cfg["train"]["epochs"] == 5 and cfg["train"]["batch_size"] == 8 and cfg["train"]["steps"] is None
+    assert cfg["augment"]["freq_scale"] == [0.5, 2.0] and cfg["model"]["mlp_hidden_d"] == 1024
+    assert load_recipe("byola_v2")["optim"]["lr"] == 1e-4  # the recipe itself is untouched
+    with pytest.raises(KeyError, match="ambiguous.*model.name"):
+        resolve_config("byola_v2", {"name": "x"})
+    with pytest.raises(KeyError, match="matches no recipe value"):
+        resolve_config("byola_v2", {"learning_rate": 1.0})
+    with pytest.raises(KeyError, match="new keys"):
+        resolve_config("byola_v2", {"train.lr_typo": 1.0})
+
+
+def test_running_norm_accumulates_exact_moments_then_freezes() -> None:
+    norm = RunningNorm(max_samples=6)
+    a, b, c = torch.randn(4, 3, 5) * 2 + 1, torch.randn(2, 3, 5) - 3, torch.randn(4, 3, 5) * 9
+    norm(a)
+    out = norm(b)
+    both = torch.cat([a, b]).double()
+    torch.testing.assert_close(out, ((b - both.mean()) / both.std()).float())
+    norm(c)  # 6 samples seen: frozen
+    stats = norm.stats()
+    assert stats.count == both.numel() and stats.mean == pytest.approx(both.mean().item())
+    clone = RunningNorm(max_samples=6)
+    clone.load_state_dict(norm.state_dict())
+    torch.testing.assert_close(clone(c), norm(c))
+
+
+def test_pretrain_v2_tiny_end_to_end(corpus: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    final = pretrain([str(corpus)], "byola_v2", str(run), **TINY_V2)
+    assert final == run / "model.safetensors"
+    rows = _rows(run)
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    for r in rows:
+        assert float(r["views_mean_after"]) == pytest.approx(0, abs=1e-4)
+        assert float(r["views_std_after"]) == pytest.approx(1, abs=1e-4)
+        assert float(r["tau"]) == 0.99 and float(r["lr"]) == pytest.approx(1e-4)
+    stats = json.loads((run / "norm_stats.json").read_text())
+    encoder, meta = load_checkpoint(final)
+    assert meta["encoder"]["name"] == "AudioNTT2022" and meta["frontend"]["n_mels"] == 16
+    assert meta["norm_stats"]["mean"] == pytest.approx(stats["mean"])
+    prov = meta["provenance"]
+    assert prov["recipe"] == "byola_v2" and prov["step"] == 6 and prov["final"] is True
+    assert prov["data"]["files"] == 10 and prov["data"]["unreadable"] == 1
+    assert sorted(p.name for p in run.glob("model-step*")) == ["model-step00000003.safetensors"]
+    with torch.no_grad():
+        emb = encoder(torch.randn(2, 1, 16, 96))
+    assert emb.shape == (2, 48) and torch.isfinite(emb).all()
+
+
+def test_pretrain_v1_resume_after_interruption_matches(corpus: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = pretrain([str(corpus)], "byola_v1", str(tmp_path / "ref"), **TINY_V1)
+
+    original_save = trainer_mod.Trainer._save
+
+    def save_then_die(self, final):
+        original_save(self, final)
+        if self.step == 3:
+            raise KeyboardInterrupt  # stands for a crash right after checkpoint 3
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain([str(corpus)], "byola_v1", str(tmp_path / "run"), **TINY_V1)
+    monkeypatch.setattr(trainer_mod.Trainer, "_save", original_save)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    resumed = pretrain([str(corpus)], "byola_v1", str(tmp_path / "run"), resume=True, **TINY_V1)
+    a, b = load_file(ref), load_file(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["loss"] for r in _rows(tmp_path / "run")] == [r["loss"] for r in _rows(tmp_path / "ref")]
+    # Running statistics (v1) are restored with the views' state and exported with the model.
+    assert load_checkpoint(ref)[1]["norm_stats"] == load_checkpoint(resumed)[1]["norm_stats"]

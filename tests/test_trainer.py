@@ -1,0 +1,178 @@
+"""The training loop (byola.engine.trainer) on a tiny modality-free toy engine (tests/trainer_toy.py)."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from byola.engine.trainer import Trainer, WarmupCosine, latest_checkpoint
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+_spec = importlib.util.spec_from_file_location("trainer_toy", HERE / "trainer_toy.py")
+toy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(toy)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared machine (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _trainer(run_dir: Path, model=None, **kw) -> Trainer:
+    torch.manual_seed(0)
+    kw = {"batch_size": 4, "steps": 6, "checkpoint_every": 2, "progress": False, **kw}
+    return Trainer(model or toy.ToyBYOL(), lambda p: torch.optim.Adam(p, lr=1e-2), toy.ToyData(), toy.ToyViews(),
+                   run_dir, **kw)
+
+
+def test_loss_falls_and_log_columns(tmp_path: Path) -> None:
+    _trainer(tmp_path, steps=60, checkpoint_every=60, warmup_steps=3).fit()
+    rows = _rows(tmp_path)
+    assert [int(r["step"]) for r in rows] == list(range(1, 61))
+    for col in ("epoch", "loss", "tau", "lr", "data_wait_s", "views_s", "step_s", "pred_std", "mean_before",
+                "std_before"):
+        assert col in rows[0]
+    losses = [float(r["loss"]) for r in rows]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert float(rows[0]["tau"]) == pytest.approx(0.9)
+    assert int(rows[-1]["epoch"]) == 5  # 40 items / batch 4 = 10 batches per epoch
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] < lrs[2] and lrs[-1] < lrs[10]  # warm-up, then cosine decay
+
+
+def test_nan_loss_raises_naming_the_step(tmp_path: Path) -> None:
+    with pytest.raises(FloatingPointError, match=r"at step 3 of 6"):
+        _trainer(tmp_path, model=toy.ToyBYOL(nan_at=3)).fit()
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exports = []
+    _trainer(tmp_path, export=lambda step, final: exports.append((step, final))).fit()
+    assert exports == [(2, False), (4, False), (6, True)]
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["state-00000004.pt", "state-00000006.pt"]  # keep_checkpoints=2
+    state = torch.load(latest_checkpoint(tmp_path), weights_only=True)
+    assert state["step"] == 6 and len(state["ranks"]) == 1
+
+    # A save that dies mid-write leaves the previous file intact and no partial file behind.
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    run2 = tmp_path / "run2"
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        _trainer(run2).fit()
+    assert list((run2 / "checkpoints").iterdir()) == []
+
+
+def test_resume_refuses_changed_settings_and_fresh_run_refuses_old_dir(tmp_path: Path) -> None:
+    _trainer(tmp_path).fit()
+    with pytest.raises(FileExistsError):
+        _trainer(tmp_path).fit()
+    with pytest.raises(ValueError, match="batch_size"):
+        _trainer(tmp_path, batch_size=8).fit(resume=True)
+
+
+def test_gradient_accumulation_matches_big_batch(tmp_path: Path) -> None:
+    class Plain(torch.nn.Module):  # no BatchNorm, mean loss: accumulation is exact
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lin = torch.nn.Linear(toy.DIM, 4)
+
+        def forward(self, views):
+            return {"loss": (self.lin(views[0]) ** 2).mean()}
+
+    results = []
+    for name, bs, accum in (("big", 8, 1), ("accum", 4, 2)):
+        model = Plain()
+        Trainer(model, lambda p: torch.optim.SGD(p, lr=0.1), toy.ToyData(), lambda x: [x], tmp_path / name,
+                batch_size=bs, accum_steps=accum, steps=3, progress=False).fit()
+        results.append(model.lin.weight.detach().clone())
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_warmup_cosine_schedule() -> None:
+    s = WarmupCosine(total_steps=10, warmup_steps=4, cosine=True, min_ratio=0.1)
+    assert [s(k) for k in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert s(4) == pytest.approx(1.0) and s(10) == pytest.approx(0.1)
+    assert s(7) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert WarmupCosine(10, 0, cosine=False)(9) == 1.0
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
+    run = tmp_path / "b"
+    run.mkdir()
+    # A training subprocess (with a DataLoader worker) is killed mid-epoch after step 6; its last checkpoint is at
+    # step 4. Meanwhile the uninterrupted reference runs here, in deterministic mode too.
+    proc = subprocess.Popen([sys.executable, str(HERE / "trainer_toy.py"), str(run), "--workers", "1",
+                             "--hang-after", "6"], env=_env())
+    try:
+        ref = toy.run(tmp_path / "a").state_dict()
+        deadline = time.time() + 120
+        while not (run / "hanging").exists():
+            assert proc.poll() is None, "the training subprocess ended before it was killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert latest_checkpoint(run).name == "state-00000004.pt"
+    assert len(_rows(run)) == 6
+
+    resumed = toy.run(run, workers=1, resume=True).state_dict()
+    assert ref.keys() == resumed.keys()
+    for k in ref:
+        assert torch.equal(ref[k], resumed[k]), k
+    assert [int(r["step"]) for r in _rows(run)] == list(range(1, 13))
+    assert [r["loss"] for r in _rows(run)] == [r["loss"] for r in _rows(tmp_path / "a")]
+
+
+def test_torchrun_two_processes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = tmp_path / "w{rank}.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE / "trainer_toy.py"), str(run), "--steps", "5", "--checkpoint-every", "5", "--weights",
+           str(weights)]
+    subprocess.run(cmd, check=True, env=_env(), timeout=180)
+    w0 = torch.load(tmp_path / "w0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "w1.pt", weights_only=True)
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "export-rank0-step5", "log.csv"]
+    assert [int(r["step"]) for r in _rows(run)] == [1, 2, 3, 4, 5]
+    state = torch.load(latest_checkpoint(run), weights_only=True)
+    assert state["config"]["world_size"] == 2 and len(state["ranks"]) == 2
+    # Each rank kept its own augmentation stream (ToyViews seeded by rank).
+    g0, g1 = (r["rng"]["generators"]["generator"] for r in state["ranks"])
+    assert not torch.equal(g0, g1)
+    # 40 items / (2 ranks x batch 4) = 5 batches per epoch.
+    assert int(_rows(run)[-1]["epoch"]) == 0
