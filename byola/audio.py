@@ -27,12 +27,10 @@ _ROLLOFF = 0.99
 _SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 # Writers that stream to a pipe leave these "unknown size" placeholders in the header: not a truncation.
 _UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
-# ... and this when an Ogg stream stops before its end-of-stream page.
+# libsndfile logs this when an Ogg stream stops before its end-of-stream page.
 _OGG_CUT = re.compile(r"ended unexpectedly|lacks an end-of-stream", re.IGNORECASE)
-# libsndfile 1.2.2's MPEG decoder returned different samples (runs of zeros) when some berklee mp3 files were read in
-# small blocks (4096..132300 frames); reads of 2**20 frames matched a single whole-file read to 1e-7. So mp3 blocks
-# are read in at least this many frames.
-_MIN_MPEG_READ = 2**20
+# libsndfile's frame count for a header without a length (SF_COUNT_MAX).
+_UNKNOWN_FRAMES = 2**63 - 1
 # An MPEG header's frame count may be an estimate: accept up to this fraction fewer decoded frames before calling the
 # file truncated.
 _MPEG_LENGTH_SLACK = 0.01
@@ -50,6 +48,18 @@ class AudioError(ValueError):
         return (type(self), (self.path, self.reason))
 
 
+class _SequentialSoundFile(sf.SoundFile):
+    """A ``soundfile.SoundFile`` that reads strictly front to back.
+
+    After every read, soundfile seeks to ``tell() + frames`` to keep its position. With libsndfile 1.2.2's MPEG
+    decoder that seek is approximate: reading some berklee mp3 files in blocks then gave runs of zeros and other
+    samples than one whole-file read. Reporting the file as not seekable skips that seek (we never seek).
+    """
+
+    def seekable(self) -> bool:
+        return False
+
+
 def _check_file(path: PathLike) -> None:
     if not os.path.exists(path):
         raise AudioError(path, "file not found")
@@ -63,7 +73,7 @@ def _open(path: PathLike) -> sf.SoundFile:
     """Open ``path`` for reading after checking it is a non-empty, untruncated audio file with samples."""
     _check_file(path)
     try:
-        f = sf.SoundFile(path)
+        f = _SequentialSoundFile(path)
     except sf.LibsndfileError as e:
         said = e.error_string.strip().rstrip(".")
         if "malformed" in said.lower():
@@ -76,6 +86,9 @@ def _open(path: PathLike) -> sf.SoundFile:
     try:
         if _OGG_CUT.search(f.extra_info):
             raise AudioError(path, "truncated file: the Ogg stream ends without its end-of-stream page")
+        if f.frames >= _UNKNOWN_FRAMES:
+            raise AudioError(path, "unsupported file: its header gives no sample count (e.g. a FLAC written as a "
+                                   "stream), which libsndfile cannot read through; re-encode it")
         if f.frames == 0:
             raise AudioError(path, "zero-length audio (the header is valid but holds 0 samples)")
         if f.samplerate <= 0:
@@ -90,12 +103,13 @@ def _open(path: PathLike) -> sf.SoundFile:
     return f
 
 
-def _read(f: sf.SoundFile, path: PathLike, frames: int = -1) -> np.ndarray:
-    """Read ``frames`` frames as float32 mono (channel average); checks decoding errors and non-finite samples."""
+def _read(f: sf.SoundFile, path: PathLike, frames: int) -> np.ndarray:
+    """Read up to ``frames`` frames as float32 mono (channel average); checks decoding errors and non-finite samples."""
     try:
         data = f.read(frames, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
-        raise AudioError(path, f"corrupt or truncated audio ({e.error_string.strip().rstrip('.')})") from None
+        said = e.error_string.strip().rstrip(".")
+        raise AudioError(path, f"corrupt or truncated audio (libsndfile: {said})") from None
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         bad = int((~np.isfinite(mono)).sum())
@@ -137,7 +151,7 @@ def load_audio(path: PathLike, sample_rate: int = 16000) -> torch.Tensor:
     """
     with _open(path) as f:
         orig_sr = f.samplerate
-        mono = _read(f, path)
+        mono = _read(f, path, f.frames)
         _check_length(path, f, mono.size)
     return resample(torch.from_numpy(mono), orig_sr, sample_rate)
 
@@ -179,8 +193,6 @@ def stream_audio(path: PathLike, sample_rate: int = 16000, block_seconds: float 
         else:
             period, context = _resample_context(orig_sr, sample_rate)
         block = max(context, period, round(block_seconds * orig_sr) // period * period)
-        if _is_mpeg(f):
-            block = math.ceil(max(block, _MIN_MPEG_READ) / period) * period
         out_per_block = block * sample_rate // orig_sr  # exact: block is a multiple of period
 
         prev_tail = np.zeros(0, np.float32)  # last `context` samples of the block before `cur`

@@ -25,8 +25,9 @@ class LogMelSpectrogram(nn.Module):
     """Waveforms ``[B, T]`` (or ``[T]``) at ``sample_rate`` -> log-mel ``[B, n_mels, T // hop_length + 1]``.
 
     Defaults are BYOL-A's: 16 kHz, n_fft = win = 1024, hop 160 (10 ms), 64 mels over 60-7800 Hz, power 2,
-    ``log(x + eps)`` with eps = float32 machine epsilon. The filters and windows are buffers, so ``.to(device)``
-    moves them; inputs are cast to the buffers' float dtype (float32 unless converted; librosa: float32).
+    ``log(x + eps)`` with eps = float32 machine epsilon. The filters and windows are non-persistent buffers:
+    ``.to(device)`` moves them and the state dict stays empty (``config()`` describes the module). Inputs are cast
+    to the buffers' float dtype (float32 unless converted; librosa: float32). Under autocast it stays in float32.
     """
 
     def __init__(
@@ -72,6 +73,13 @@ class LogMelSpectrogram(nn.Module):
                 f_min=self.f_min, f_max=self.f_max, n_mels=n_mels, window_fn=torch.hann_window, power=self.power,
                 normalized=False, center=True, pad_mode="reflect", norm="slaney", mel_scale="slaney")
 
+        if self.melspec is not None:
+            # Windows, STFT kernels and filters are derived from config(): keep them out of the state dict (it stays
+            # empty, so saved models do not depend on the backend) while they still follow .to(device).
+            for module in self.melspec.modules():
+                for name, buf in list(module.named_buffers(recurse=False)):
+                    module.register_buffer(name, buf, persistent=False)
+
     def config(self) -> dict[str, Any]:
         """Constructor arguments as a JSON-able dict: ``LogMelSpectrogram(**m.config())`` rebuilds ``m``."""
         return {"sample_rate": self.sample_rate, "n_fft": self.n_fft, "win_length": self.win_length,
@@ -101,6 +109,14 @@ class LogMelSpectrogram(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         wave = self._check(wave)
+        kind = wave.device.type
+        if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+            # Under mixed precision the STFT would run in fp16/bf16 (errors of ~0.02 nats): keep it in float32.
+            with torch.autocast(kind, enabled=False):
+                return self._log_mel(wave)
+        return self._log_mel(wave)
+
+    def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         if self.melspec is None:
             mel = self._librosa(wave)
         else:

@@ -105,10 +105,20 @@ def test_runs_where_it_sits(backend):
     """Everything the computation needs is a buffer: on the meta device no CPU constant can sneak in."""
     m = LogMelSpectrogram(backend=backend)
     assert sum(b.numel() for b in m.buffers()) > 0 and not list(m.parameters())
+    assert m.state_dict() == {}  # derived from config(): nothing to save
     y = m.to("meta")(torch.zeros(2, 16000, device="meta"))
     assert y.device.type == "meta" and y.shape == (2, 64, 101)
     m64 = LogMelSpectrogram(backend=backend).double()
     assert m64(torch.randn(1, 16000, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("backend", ["nnaudio", "torchaudio"])
+def test_full_precision_under_autocast(frontends, backend):
+    x = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
+    ref = frontends[backend](x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = frontends[backend](x)
+    assert y.dtype == torch.float32 and torch.equal(y, ref)
 
 
 def _check_parity(frontends, clips):

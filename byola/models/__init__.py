@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from byola.models.audio import AudioNTT2020, AudioNTT2022
+from byola.models.inference import optimize_for_inference
 
 ENCODERS: dict[str, type[nn.Module]] = {
     "AudioNTT2020": AudioNTT2020,
@@ -21,4 +22,4 @@ def build_encoder(name: str, **params) -> nn.Module:
     return cls(**params)
 
 
-__all__ = ["ENCODERS", "build_encoder", "AudioNTT2020", "AudioNTT2022"]
+__all__ = ["ENCODERS", "build_encoder", "optimize_for_inference", "AudioNTT2020", "AudioNTT2022"]
