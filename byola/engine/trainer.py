@@ -7,7 +7,8 @@ the learning-rate schedule, a progress bar, a CSV log, NaN detection, atomic che
 
 Determinism and resume. The data order is a pure function of ``(seed, epoch)``: every epoch is a permutation drawn
 from ``numpy.random.default_rng([seed, epoch])``, cut into ``world_size * batch_size`` blocks (the tail that does not
-fill a block is dropped), and rank ``r`` takes the ``r``-th slice of every block. The loader is one infinite stream of
+fill a block is dropped), and rank ``r`` takes the ``r``-th slice of every block (the sharding of
+``DistributedSampler(drop_last=True)``, which cannot start in the middle of an epoch). The loader is one infinite stream of
 micro-batches over all epochs, indexed by a global micro-batch counter, so a resumed run restarts the stream exactly
 at the first batch not yet consumed. Items are fetched as ``dataset[index]`` after ``dataset.set_epoch(epoch)`` (when
 the dataset has it) inside the worker, so per-item randomness (e.g. crop offsets) can be derived from
@@ -253,7 +254,8 @@ def _to_tuple(x: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains ``model`` (an engine module: ``forward(views) -> {"loss": Tensor, ...}``, optional
-    ``update_targets(step, total_steps)``) on ``dataset``.
+    ``update_targets(step, total_steps)``, called after each optimizer step with the 0-based step; the value it
+    returns is logged as ``tau``) on ``dataset``.
 
     Each optimizer step consumes ``accum_steps`` micro-batches of ``batch_size`` items per process; ``make_views(batch)``
     turns a collated micro-batch (already on the device) into the views: it returns ``list[Tensor]`` or
