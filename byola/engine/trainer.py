@@ -8,9 +8,9 @@ the learning-rate schedule, a progress bar, a CSV log, NaN detection, atomic che
 Determinism and resume. The data order is a pure function of ``(seed, epoch)``: every epoch is a permutation drawn
 from ``numpy.random.default_rng([seed, epoch])``, cut into ``world_size * batch_size`` blocks (the tail that does not
 fill a block is dropped), and rank ``r`` takes the ``r``-th slice of every block (the sharding of
-``DistributedSampler(drop_last=True)``, which cannot start in the middle of an epoch). The loader is one infinite stream of
-micro-batches over all epochs, indexed by a global micro-batch counter, so a resumed run restarts the stream exactly
-at the first batch not yet consumed. Items are fetched as ``dataset[index]`` after ``dataset.set_epoch(epoch)`` (when
+``DistributedSampler(drop_last=True)``, which cannot start in the middle of an epoch). The loader is one infinite
+stream of micro-batches over all epochs, indexed by a global micro-batch counter, so a resumed run restarts the
+stream exactly at the first batch not yet consumed. Items are fetched as ``dataset[index]`` after ``dataset.set_epoch(epoch)`` (when
 the dataset has it) inside the worker, so per-item randomness (e.g. crop offsets) can be derived from
 ``(seed, epoch, index)`` and is independent of worker count and scheduling. Everything else that is random lives in
 the training process and is checkpointed: python/numpy/torch (CPU and CUDA) RNG states, every ``torch.Generator``
