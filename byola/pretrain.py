@@ -295,7 +295,8 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
         log.info("corpus: %d files (%d unreadable skipped) from %s", len(dataset), len(dataset.unreadable), sources)
 
         frontend = LogMelSpectrogram(sample_rate=sample_rate, **cfg.get("frontend", {}))
-        pre_norm, fixed_stats = _norm_module(cfg.get("norm", {}), dataset, frontend, out_dir, seed, num_workers, resume, progress)
+        pre_norm, fixed_stats = _norm_module(cfg.get("norm", {}), dataset, frontend, out_dir, seed, num_workers,
+                                             resume, progress)
 
         # The model is built from the same seed on every rank (DDP also broadcasts rank 0's weights).
         torch.manual_seed(seed)
