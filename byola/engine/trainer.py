@@ -5,17 +5,17 @@
 modality-specific ``make_views`` callable. It handles mixed precision, gradient accumulation, DDP through ``torchrun``,
 the learning-rate schedule, a progress bar, a CSV log, NaN detection, atomic checkpoints and exact resume.
 
-Determinism and resume. The data order is a pure function of ``(seed, epoch)``: every epoch is a permutation drawn
-from ``numpy.random.default_rng([seed, epoch])``, cut into ``world_size * batch_size`` blocks (the tail that does not
-fill a block is dropped), and rank ``r`` takes the ``r``-th slice of every block (the sharding of
-``DistributedSampler(drop_last=True)``, which cannot start in the middle of an epoch). The loader is one infinite
-stream of micro-batches over all epochs, indexed by a global micro-batch counter, so a resumed run restarts the
-stream exactly at the first batch not yet consumed. Items are fetched as ``dataset[index]`` after
-``dataset.set_epoch(epoch)`` (when the dataset has it) inside the worker, so per-item randomness (e.g. crop offsets)
-can be derived from ``(seed, epoch, index)`` and is independent of worker count and scheduling. Everything else that is random lives in
-the training process and is checkpointed: python/numpy/torch (CPU and CUDA) RNG states, every ``torch.Generator``
-held by ``make_views`` (or its submodules), and ``make_views.state_dict()`` (e.g. a Mixup memory bank); with DDP these
-are gathered from every rank into rank 0's checkpoint.
+Determinism and resume. The data order is a pure function of ``(seed, epoch)``: every epoch is a permutation drawn from
+``numpy.random.default_rng([seed, epoch])``, cut into ``world_size * batch_size`` blocks (the tail that does not fill a
+block is dropped), and rank ``r`` takes the ``r``-th slice of every block (the sharding of
+``DistributedSampler(drop_last=True)``, which cannot start in the middle of an epoch). The loader is one infinite stream
+of micro-batches over all epochs, indexed by a global micro-batch counter, so a resumed run restarts the stream exactly
+at the first batch not yet consumed. Items are fetched as ``dataset[index]`` after ``dataset.set_epoch(epoch)`` (when
+the dataset has it) inside the worker, so per-item randomness (e.g. crop offsets) can be derived from ``(seed, epoch,
+index)`` and is independent of worker count and scheduling. Everything else that is random lives in the training process
+and is checkpointed: python/numpy/torch (CPU and CUDA) RNG states, every ``torch.Generator`` held by ``make_views`` (or
+its submodules), and ``make_views.state_dict()`` (e.g. a Mixup memory bank); with DDP these are gathered from every rank
+into rank 0's checkpoint.
 
 Files in ``run_dir`` (written by rank 0 only): ``log.csv`` (one row per optimizer step), ``checkpoints/state-<step>.pt``
 (training state, ``torch.save`` via temporary file + ``os.replace``; the newest ``keep_checkpoints`` are kept). The
@@ -258,9 +258,9 @@ class Trainer:
     returns is logged as ``tau``) on ``dataset``.
 
     Each optimizer step consumes ``accum_steps`` micro-batches of ``batch_size`` items per process;
-    ``make_views(batch)`` turns a collated micro-batch (already on the device) into the views: it returns ``list[Tensor]`` or
-    ``(list[Tensor], {name: scalar})``, the scalars being logged. It runs under ``torch.no_grad()`` and outside
-    autocast (augmentation in float32); the engine's forward runs under autocast. If ``make_views`` is an
+    ``make_views(batch)`` turns a collated micro-batch (already on the device) into the views: it returns
+    ``list[Tensor]`` or ``(list[Tensor], {name: scalar})``, the scalars being logged. It runs under ``torch.no_grad()``
+    and outside autocast (augmentation in float32); the engine's forward runs under autocast. If ``make_views`` is an
     ``nn.Module`` its ``state_dict`` (e.g. a memory bank) and any ``torch.Generator`` attributes are checkpointed.
 
     Args:
