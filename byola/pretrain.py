@@ -270,6 +270,8 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
     if not resume and latest_checkpoint(out_dir) is not None:
         raise FileExistsError(f"{out_dir} holds a run: pass resume=True (--resume) to continue it, or choose another "
                               "--out")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(tcfg.get("cudnn_benchmark", True))  # fixed crop size: pick fast kernels
     created_group = init_distributed(device)
     info = dist_info()
     try:
