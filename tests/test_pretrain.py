@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from byola.checkpoint import load_checkpoint
+from byola.embed import load
 from byola.engine import trainer as trainer_mod
 from byola.pretrain import RECIPES_DIR, RunningNorm, load_recipe, pretrain, resolve_config
 
@@ -118,6 +119,9 @@ def test_pretrain_v2_tiny_end_to_end(corpus: Path, tmp_path: Path) -> None:
     with torch.no_grad():
         emb = encoder(torch.randn(2, 1, 16, 96))
     assert emb.shape == (2, 48) and torch.isfinite(emb).all()
+    # What `byola embed --checkpoint RUN/model.safetensors` loads.
+    embedder = load(final)
+    assert embedder.embed(torch.randn(16000) * 0.1, 16000).shape[-1] == 48
     with pytest.raises(FileExistsError, match="resume"):
         pretrain([str(corpus)], "byola_v2", str(run), **TINY_V2)
 
