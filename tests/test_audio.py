@@ -223,3 +223,17 @@ def test_audio_duration_rejects_bad_headers(tmp_path, case):
     make, reason = BAD_CASES[case]
     with pytest.raises(AudioError, match=reason):
         audio_duration(make(tmp_path))
+
+
+def test_streamed_wav_with_unknown_size_loads(tmp_path):
+    """Writers to a pipe leave 0xFFFFFFFF as the RIFF/data sizes: not a truncation."""
+    import struct
+
+    x = _noise(0.5, 16000)[:, 0]
+    path = tmp_path / "piped.wav"
+    sf.write(path, x, 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"data")
+    data[4:8] = data[at + 4:at + 8] = struct.pack("<I", 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    assert np.abs(load_audio(path).numpy() - x).max() <= 1 / 2**15
