@@ -112,6 +112,8 @@ def compute_norm_stats(
     """
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    if sample_rate != frontend.sample_rate:
+        raise ValueError(f"sample_rate {sample_rate} differs from the front end's {frontend.sample_rate}")
     if unit_sec is not None and unit_sec <= 0:
         raise ValueError(f"unit_sec must be positive, got {unit_sec}")
     if batch_size < 1 or max_load_sec <= 0:

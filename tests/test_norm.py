@@ -147,6 +147,8 @@ def test_bad_files_raise_or_are_skipped_once(frontend, tmp_path):
 def test_rejects_bad_arguments(frontend):
     with pytest.raises(ValueError, match="1-D float"):
         compute_norm_stats([torch.zeros(2, 16000)], frontend, progress=False)
+    with pytest.raises(ValueError, match="sample_rate"):
+        compute_norm_stats(_clips(), frontend, sample_rate=8000, progress=False)
     with pytest.raises(ValueError, match="crop"):
         compute_norm_stats(_clips(), frontend, crop="middle", progress=False)
     with pytest.raises(ValueError, match="non-finite"):
