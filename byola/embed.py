@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio, resample, stream_audio
 from .checkpoint import load_checkpoint
 from .frontend import LogMelSpectrogram
-from .models import optimize_for_inference
+from .models import build_encoder, optimize_for_inference
 from .norm import NormStats, PreNormalization, compute_norm_stats
 
 # Log-mel frames computed per encoder chunk (60 s of audio at hop 160). A multiple of every encoder's frame_hop.
@@ -170,7 +170,7 @@ def pool_frames(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
 
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          norm_stats: NormStats | tuple[float, float] | None = None, optimize: bool = True,
-         frontend_backend: str | None = "torchaudio") -> Embedder:
+         frontend_backend: str | None = "torchaudio", random_init: int | None = None) -> Embedder:
     """Load a byola checkpoint (default: the model shipped in `pretrained/`) as an `Embedder`.
 
     `norm_stats` overrides the checkpoint's statistics; a checkpoint without statistics (a converted official file)
@@ -178,9 +178,14 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     one the checkpoint was trained with. The default, torchaudio, computes the same log-mel as nnAudio and librosa
     (within 4e-4 nats on real clips, see tests/test_frontend.py) with an FFT, about 3x faster than nnAudio's
     convolution STFT on a CPU, and runs on any device, unlike librosa.
+    `random_init=SEED` replaces the weights with a random initialization of the same architecture (seeded): the
+    baseline a trained model must beat.
     """
     path = Path(path) if path is not None else default_checkpoint()
     encoder, meta = load_checkpoint(path)
+    if random_init is not None:
+        torch.manual_seed(random_init)
+        encoder = build_encoder(meta["encoder"]["name"], **meta["encoder"]["params"]).eval()
     frontend_config = dict(meta["frontend"])
     if frontend_backend is not None:
         frontend_config["backend"] = frontend_backend
@@ -191,7 +196,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         norm_stats = NormStats.from_dict(meta["norm_stats"])
     embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize).to(device)
     embedder.checkpoint_path = str(path)
-    embedder.checkpoint_sha256 = _sha256(path)
+    embedder.checkpoint_id = f"sha256:{_sha256(path)}" if random_init is None else f"random-init:{random_init}"
     return embedder
 
 
@@ -366,7 +371,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
     files = [str(Path(p).resolve()) for p in paths]
     if len(set(files)) != len(files):
         raise ValueError("duplicate input files")
-    fingerprint = {"checkpoint_sha256": getattr(embedder, "checkpoint_sha256", None), "frames": frames,
+    fingerprint = {"checkpoint_id": getattr(embedder, "checkpoint_id", None), "frames": frames,
                    "norm_stats": embedder.norm_stats.to_dict() if embedder.norm_stats else None}
     shards = _Shards(out, fingerprint)
     todo = [f for f in files if not shards.done(f)]
