@@ -1,0 +1,115 @@
+"""Embedding throughput and memory on this machine (run by hand; prints figures, asserts nothing).
+
+    python benchmarks/embed_speed.py [--data ../shared/data] [--batch 256] [--hour]
+
+For AudioNTT2020 d=512 (random weights: speed does not depend on them) it prints, in one run:
+  (a) the encoder alone on precomputed log-mels, plain eager PyTorch (fp32, contiguous, BN unfused);
+  (b) the encoder alone as `embed` runs it (byola.models.optimize_for_inference), and its max relative difference;
+  (c) `embed_files` end to end (decoding, resampling, frontend, model) on spcv2_12 and esc50_f4;
+and with --hour, the peak resident memory of `byola embed` on a generated one-hour file, next to the same
+command on a one-minute file.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+import byola
+from byola.checkpoint import save_checkpoint
+from byola.frontend import LogMelSpectrogram
+from byola.models import build_encoder, optimize_for_inference
+from byola.norm import NormStats
+
+
+def clips_per_s(fn, x: torch.Tensor, batch: int, repeats: int = 3) -> float:
+    """Best-of-`repeats` throughput of `fn` over all of `x` in batches."""
+    with torch.inference_mode():
+        fn(x[:batch])  # warm-up (and compilation, where it applies)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for i in range(0, len(x), batch):
+                fn(x[i:i + batch])
+            best = min(best, time.perf_counter() - t0)
+    return len(x) / best
+
+
+def peak_rss_mb(cmd: list[str]) -> float:
+    """Peak resident memory (MB) of a command run in a fresh process."""
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=False);"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--hour", action="store_true", help="also measure peak memory on a one-hour file")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="byola_bench_"))
+    encoder = build_encoder("AudioNTT2020", n_mels=64, d=512).eval()
+    ckpt = tmp / "ntt2020_d512.safetensors"
+    save_checkpoint(ckpt, encoder, LogMelSpectrogram().config(), NormStats(mean=-6.0, std=5.0, count=1),
+                    {"source": "benchmark, random init"})
+
+    # (a) and (b): the encoder alone on 1-second log-mels.
+    mels = torch.randn(1024, 1, 64, 101)
+    fast = optimize_for_inference(encoder)
+    with torch.inference_mode():
+        ref, got = encoder(mels[:64]), fast(mels[:64])
+    rel = ((got - ref).abs().max() / ref.abs().max()).item()
+    eager = clips_per_s(encoder, mels, args.batch)
+    optimized = clips_per_s(fast, mels, args.batch)
+    print(f"(a) encoder, plain eager fp32, batch {args.batch}: {eager:8.1f} clips/s")
+    print(f"(b) encoder as embed runs it:            {optimized:8.1f} clips/s  = {optimized / eager:.2f}x (a), "
+          f"max rel diff {rel:.1e}")
+
+    # (c) end to end.
+    data = Path(args.data)
+    for name, csv in (("spcv2_12", "spcv2_12/spcv2_12.csv"), ("esc50_f4", "esc50_f4/esc50_f4.csv")):
+        meta = data / csv
+        if not meta.exists():
+            print(f"(c) {name}: skipped, {meta} not found")
+            continue
+        files = [meta.parent / line.split(",")[0] for line in meta.read_text().splitlines()[1:]]
+        model = byola.load(ckpt)
+        t0 = time.perf_counter()
+        summary = model.embed_files(files, tmp / f"out_{name}", batch_size=args.batch, progress=False)
+        elapsed = time.perf_counter() - t0
+        audio_s = sum(sf.info(str(f)).duration for f in files)
+        # The same clips through the optimized encoder alone, for the end-to-end/encoder ratio.
+        frames = model.frontend(torch.zeros(1, int(round(audio_s / len(files) * 16000)))).shape[-1]
+        enc_only = clips_per_s(fast, torch.randn(min(len(files), 512), 1, 64, frames), args.batch)
+        print(f"(c) {name}: {summary.ok} clips ({summary.failed} failed) in {elapsed:.1f} s = "
+              f"{summary.ok / elapsed:.1f} clips/s, {audio_s / elapsed:.1f} audio-s/s; "
+              f"encoder alone on {frames}-frame clips {enc_only:.1f} clips/s -> end-to-end {summary.ok / elapsed / enc_only:.0%}"
+              " of it")
+
+    if args.hour:
+        for label, seconds in (("one minute", 60), ("one hour", 3600)):
+            path = tmp / f"{seconds}s.wav"
+            with sf.SoundFile(path, "w", 16000, 1, subtype="PCM_16") as f:
+                rng = np.random.default_rng(0)
+                for _ in range(seconds // 60):
+                    f.write((0.1 * rng.standard_normal(960000)).astype(np.float32))
+            rss = peak_rss_mb([sys.executable, "-m", "byola", "embed", str(path), "--checkpoint", str(ckpt),
+                               "--out", str(tmp / f"out_{seconds}"), "--progress", "False"])
+            print(f"peak RSS, byola embed on a {label} file: {rss:.0f} MB")
+    print(f"(work files in {tmp})")
+
+
+if __name__ == "__main__":
+    main()

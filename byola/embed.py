@@ -1,0 +1,477 @@
+"""Files → embeddings: the `Embedder` (frontend + pre-normalization + encoder) and the resumable `embed_files` job.
+
+Long inputs are processed in chunks with enough context on both sides that the result equals whole-input
+processing (up to float rounding): the log-mel is computed on audio blocks padded with `_MEL_CONTEXT` samples of
+neighbouring audio, and the encoder on log-mel chunks padded with `_ENCODER_CONTEXT` frames, so memory stays bounded
+whatever the file length. Clip embeddings pool frame embeddings exactly as the encoder does (max over time + mean
+over time), with running max and sum.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.resources
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio, resample, stream_audio
+from .checkpoint import load_checkpoint
+from .frontend import LogMelSpectrogram
+from .models import optimize_for_inference
+from .norm import NormStats, PreNormalization, compute_norm_stats
+
+# Log-mel frames computed per encoder chunk (60 s of audio at hop 160). A multiple of every encoder's frame_hop.
+CHUNK_FRAMES = 6000
+# Encoder context on each side of a chunk, in log-mel frames: more than the receptive field of AudioNTT2020/2022
+# (22 frames), and a multiple of 8 so chunk borders stay on the output-frame grid.
+_ENCODER_CONTEXT = 64
+
+
+class Embedder(nn.Module):
+    """A frozen BYOL-A model: waveform (16 kHz) → log-mel → pre-normalization → encoder.
+
+    Args:
+        encoder: an audio encoder from `byola.models` (eval mode is enforced).
+        frontend: the log-mel frontend the encoder was trained with.
+        norm_stats: pre-normalization statistics; None leaves them to be set with `set_norm_stats` (e.g. computed
+            from the inputs with `fit_norm_stats`) before embedding.
+        optimize: fold batch norm into the convolutions and use channels-last memory (`optimize_for_inference`).
+    """
+
+    def __init__(self, encoder: nn.Module, frontend: LogMelSpectrogram, norm_stats: NormStats | None,
+                 optimize: bool = True) -> None:
+        super().__init__()
+        self.encoder = optimize_for_inference(encoder) if optimize else encoder.eval()
+        self.frontend = frontend
+        self.norm_stats = norm_stats
+        self.prenorm = PreNormalization(norm_stats.mean, norm_stats.std) if norm_stats else None
+        self.eval()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.frontend.sample_rate
+
+    @property
+    def embed_dim(self) -> int:
+        return self.encoder.embed_dim
+
+    @property
+    def frame_hop_ms(self) -> float:
+        """Milliseconds between consecutive frame embeddings."""
+        return 1000.0 * self.frontend.hop_length * self.encoder.frame_hop / self.sample_rate
+
+    def set_norm_stats(self, stats: NormStats) -> None:
+        self.norm_stats = stats
+        self.prenorm = PreNormalization(stats.mean, stats.std).to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def _normalized_logmel(self, waves: torch.Tensor) -> torch.Tensor:
+        if self.prenorm is None:
+            raise RuntimeError("normalization statistics are not set: the checkpoint has none; pass norm_stats or "
+                               "call fit_norm_stats(...) first")
+        return self.prenorm(self.frontend(waves.to(self.device, torch.float32)))
+
+    @torch.inference_mode()
+    def embed_batch(self, waves: torch.Tensor) -> torch.Tensor:
+        """Clip embeddings [B, D] of equal-length waveforms [B, T] at `sample_rate`."""
+        return self.encoder(self._normalized_logmel(waves).unsqueeze(1))
+
+    @torch.inference_mode()
+    def embed_frames_batch(self, waves: torch.Tensor) -> torch.Tensor:
+        """Frame embeddings [B, T', D] of equal-length waveforms [B, T]."""
+        return self.encoder.frame_embeddings(self._normalized_logmel(waves).unsqueeze(1))
+
+    @torch.inference_mode()
+    def embed(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
+        """Clip embedding [D] of one mono waveform of any length and sample rate."""
+        wave = resample(torch.as_tensor(waveform, dtype=torch.float32), sample_rate, self.sample_rate)
+        frames = self._stream_frame_embeddings([wave])
+        return pool_frames(frames)
+
+    @torch.inference_mode()
+    def embed_frames(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame embeddings [T', D] and their centre timestamps in milliseconds [T'] for one waveform."""
+        wave = resample(torch.as_tensor(waveform, dtype=torch.float32), sample_rate, self.sample_rate)
+        emb = torch.cat(list(self._stream_frame_embeddings([wave])))
+        return emb, self.frame_timestamps_ms(len(emb))
+
+    def frame_timestamps_ms(self, n_frames: int) -> torch.Tensor:
+        """Centre time of each frame embedding, in ms: output frame k covers log-mel frames [k·h, (k+1)·h)."""
+        hop = self.encoder.frame_hop
+        centre_frames = torch.arange(n_frames, dtype=torch.float64) * hop + (hop - 1) / 2
+        return (centre_frames * 1000.0 * self.frontend.hop_length / self.sample_rate).float()
+
+    def embed_files(self, paths: Sequence[str | os.PathLike], out: str | os.PathLike, **kwargs) -> "EmbedSummary":
+        """Embed audio files into `out` (see `embed_files`)."""
+        return embed_files(self, paths, out, **kwargs)
+
+    def fit_norm_stats(self, paths: Sequence[str | os.PathLike]) -> NormStats:
+        """Compute exact pre-normalization statistics from `paths` (skipping unreadable files) and use them."""
+        stats = compute_norm_stats(paths, self.frontend, sample_rate=self.sample_rate, skip_errors=True)
+        self.set_norm_stats(stats)
+        return stats
+
+    # -- chunked processing ------------------------------------------------------------------------------------
+    def _stream_logmel(self, blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Log-mel chunks [F, n] (n = CHUNK_FRAMES except the last) of a waveform given as consecutive blocks.
+
+        Each chunk of frames [a, b) is computed from samples [a·hop − C, b·hop + C) with C = `mel_context`, a
+        multiple of the hop larger than n_fft/2, so a centred STFT yields frames identical to whole-waveform
+        processing; the waveform's own edges keep the frontend's reflect padding.
+        """
+        hop = self.frontend.hop_length
+        context = hop * math.ceil(self.frontend.n_fft / 2 / hop)
+        chunk_samples = CHUNK_FRAMES * hop
+        buffer = torch.zeros(0)
+        start = 0  # sample index of buffer[0]
+        next_frame = 0  # first frame not yet emitted
+        for block in blocks:
+            buffer = torch.cat([buffer, block.float().cpu()])
+            # Emit full chunks while the right context for them is available.
+            while (next_frame * hop + chunk_samples + context) - start <= len(buffer):
+                lo = max(next_frame * hop - context, 0)
+                seg = buffer[lo - start: next_frame * hop + chunk_samples + context - start]
+                mel = self.frontend(seg.to(self.device)[None])[0]
+                skip = (next_frame * hop - lo) // hop
+                yield mel[:, skip: skip + CHUNK_FRAMES]
+                next_frame += CHUNK_FRAMES
+                keep_from = max(next_frame * hop - context, 0)
+                buffer, start = buffer[keep_from - start:], keep_from
+        total = start + len(buffer)
+        if total == 0:
+            return
+        n_frames = total // hop + 1
+        if next_frame < n_frames:
+            lo = max(next_frame * hop - context, 0)
+            mel = self.frontend(buffer[lo - start:].to(self.device)[None])[0]
+            skip = (next_frame * hop - lo) // hop
+            yield mel[:, skip: skip + n_frames - next_frame]
+
+    def _stream_frame_embeddings(self, blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Frame embeddings [t, D] of a waveform given as blocks, chunk by chunk, equal to whole-input encoding."""
+        hop, ctx = self.encoder.frame_hop, _ENCODER_CONTEXT
+        pending = torch.zeros(self.frontend.n_mels, 0, device=self.device)
+        emitted_in = 0  # log-mel frames already turned into output frames (a multiple of hop)
+        pending_start = 0  # log-mel frame index of pending[:, 0]
+
+        def run(lo: int, hi: int, keep_lo: int, keep_hi: int) -> torch.Tensor:
+            x = self.prenorm(pending[:, lo - pending_start: hi - pending_start])
+            out = self.encoder.frame_embeddings(x[None, None])[0]
+            return out[(keep_lo - lo) // hop: (keep_hi - lo) // hop]
+
+        if self.prenorm is None:
+            self._normalized_logmel(torch.zeros(1, 1))  # raises the missing-statistics error
+        for mel in self._stream_logmel(blocks):
+            pending = torch.cat([pending, mel], dim=1)
+            end = pending_start + pending.shape[1]
+            # Output frames whose receptive field (plus context) lies inside what we have.
+            ready = ((end - ctx) // hop) * hop
+            if ready - emitted_in >= CHUNK_FRAMES:
+                lo = max(emitted_in - ctx, 0)
+                yield run(lo, ready + ctx, emitted_in, ready)
+                emitted_in = ready
+                drop = max(emitted_in - ctx, 0) - pending_start
+                pending, pending_start = pending[:, drop:], pending_start + drop
+        end = pending_start + pending.shape[1]
+        final = (end // hop) * hop
+        if final > emitted_in:
+            lo = max(emitted_in - ctx, 0)
+            yield run(lo, end, emitted_in, final)
+
+
+def pool_frames(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+    """BYOL-A's clip pooling (max over time + mean over time) of frame embeddings given in chunks [t, D]."""
+    running_max, total, count = None, None, 0
+    for chunk in chunks:
+        cmax, csum = chunk.max(dim=0).values, chunk.sum(dim=0, dtype=torch.float64)
+        running_max = cmax if running_max is None else torch.maximum(running_max, cmax)
+        total = csum if total is None else total + csum
+        count += len(chunk)
+    if count == 0:
+        raise ValueError("audio too short to produce a single frame embedding")
+    return running_max + (total / count).to(running_max.dtype)
+
+
+def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+         norm_stats: NormStats | tuple[float, float] | None = None, optimize: bool = True) -> Embedder:
+    """Load a byola checkpoint (default: the model shipped in `pretrained/`) as an `Embedder`.
+
+    `norm_stats` overrides the checkpoint's statistics; a checkpoint without statistics (a converted official file)
+    needs them here or from `Embedder.fit_norm_stats`.
+    """
+    path = Path(path) if path is not None else default_checkpoint()
+    encoder, meta = load_checkpoint(path)
+    frontend = LogMelSpectrogram(**meta["frontend"])
+    if isinstance(norm_stats, tuple):
+        norm_stats = NormStats(mean=float(norm_stats[0]), std=float(norm_stats[1]), count=0)
+    if norm_stats is None and meta.get("norm_stats"):
+        norm_stats = NormStats.from_dict(meta["norm_stats"])
+    embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize).to(device)
+    embedder.checkpoint_path = str(path)
+    embedder.checkpoint_sha256 = _sha256(path)
+    return embedder
+
+
+def default_checkpoint() -> Path:
+    """The model shipped in the repository's `pretrained/` folder (installed as the package `byola.pretrained`)."""
+    folder = Path(str(importlib.resources.files("byola.pretrained")))
+    found = sorted(folder.glob("*.safetensors"))
+    if not found:
+        raise FileNotFoundError(f"no default model in {folder}: pass a checkpoint explicitly")
+    return found[0]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- inputs ----------------------------------------------------------------------------------------------------
+def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files, folders (recursive, audio extensions) and text files listing paths into a sorted unique list.
+
+    A text file is any input whose extension is `.txt` or `.lst`; relative paths in it are relative to it.
+    Missing inputs raise `FileNotFoundError`.
+    """
+    found: dict[str, Path] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for p in path.rglob("*"):
+                if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file():
+                    found[str(p.resolve())] = p.resolve()
+        elif path.suffix.lower() in (".txt", ".lst") and path.is_file():
+            for line in path.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    p = Path(line) if Path(line).is_absolute() else path.parent / line
+                    found[str(p.resolve())] = p.resolve()
+        elif path.exists():
+            found[str(path.resolve())] = path.resolve()
+        else:
+            raise FileNotFoundError(f"input not found: {path}")
+    return [found[k] for k in sorted(found)]
+
+
+# -- the embed job -----------------------------------------------------------------------------------------------
+INDEX_COLUMNS = ["file", "row", "status", "error", "duration_s"]
+_STATE_DIR = ".byola_embed"
+
+
+@dataclass
+class EmbedSummary:
+    ok: int
+    failed: int
+    skipped: int
+    out: Path
+
+
+class _Shards:
+    """Finished work kept as atomic shard files under OUTDIR/.byola_embed, so an interrupted run loses nothing."""
+
+    def __init__(self, out: Path, fingerprint: dict) -> None:
+        self.dir = out / _STATE_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "settings.json"
+        if meta.exists():
+            previous = json.loads(meta.read_text())
+            if previous != fingerprint:
+                raise ValueError(f"{out} holds embeddings made with other settings ({previous}); "
+                                 "choose another --out or delete it")
+        else:
+            _atomic_write_text(meta, json.dumps(fingerprint, sort_keys=True))
+        self.records: dict[str, dict] = {}
+        self.embeddings: dict[str, np.ndarray] = {}
+        for shard in sorted(self.dir.glob("shard_*.npz")):
+            with np.load(shard, allow_pickle=False) as data:
+                records = json.loads(str(data["records"]))
+                for k, rec in enumerate(records):
+                    self.records[rec["file"]] = rec
+                    if rec["status"] == "ok":
+                        self.embeddings[rec["file"]] = data["embeddings"][rec["shard_row"]]
+        self._next = len(list(self.dir.glob("shard_*.npz")))
+
+    def done(self, file: str) -> bool:
+        return self.records.get(file, {}).get("status") == "ok"
+
+    def write(self, records: list[dict], embeddings: list[np.ndarray], dim: int) -> None:
+        rows = 0
+        for rec in records:
+            if rec["status"] == "ok":
+                rec["shard_row"] = rows
+                rows += 1
+        stacked = np.stack(embeddings).astype(np.float32) if embeddings else np.zeros((0, dim), np.float32)
+        path = self.dir / f"shard_{self._next:07d}.npz"
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, embeddings=stacked, records=np.array(json.dumps(records)))
+        os.replace(tmp, path)
+        self._next += 1
+        for rec in records:
+            self.records[rec["file"]] = rec
+        ok = [r for r in records if r["status"] == "ok"]
+        for rec, emb in zip(ok, embeddings):
+            self.embeddings[rec["file"]] = emb
+
+    def finalize(self, out: Path, files: list[str], dim: int) -> tuple[int, int]:
+        """Write embeddings.npy and index.csv (atomically) in the order of `files`."""
+        ok_files = [f for f in files if self.done(f)]
+        matrix = np.stack([self.embeddings[f] for f in ok_files]).astype(np.float32) if ok_files \
+            else np.zeros((0, dim), np.float32)
+        tmp = out / "embeddings.tmp.npy"
+        np.save(tmp, matrix)
+        os.replace(tmp, out / "embeddings.npy")
+        row_of = {f: i for i, f in enumerate(ok_files)}
+        with_frames = any(self.records[f].get("frames") for f in files)
+        tmp_csv = out / "index.tmp.csv"
+        with open(tmp_csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS + (["frames"] if with_frames else []))
+            writer.writeheader()
+            for file in files:
+                rec = self.records[file]
+                row = {"file": file, "row": row_of.get(file, ""), "status": rec["status"],
+                       "error": rec.get("error", ""), "duration_s": rec.get("duration_s", "")}
+                if with_frames:
+                    row["frames"] = rec.get("frames", "")
+                writer.writerow(row)
+        os.replace(tmp_csv, out / "index.csv")
+        return len(ok_files), len(files) - len(ok_files)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Decodes and resamples files in DataLoader workers; long files are left to the main process to stream."""
+
+    def __init__(self, files: list[str], sample_rate: int, max_load_sec: float) -> None:
+        self.files, self.sample_rate, self.max_load_sec = files, sample_rate, max_load_sec
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        file = self.files[i]
+        try:
+            if audio_duration(file) > self.max_load_sec:
+                return i, None, ""
+            return i, load_audio(file, self.sample_rate), ""
+        except AudioError as err:
+            return i, None, str(err)
+        except Exception as err:  # an unexpected decoder failure must not stop the run; it is reported per file
+            return i, None, f"{file}: {type(err).__name__}: {err}"
+
+
+def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
+                batch_size: int = 64, frames: bool = False, num_workers: int = 1, max_load_sec: float = 600.0,
+                progress: bool = True, flush_every: int = 256) -> EmbedSummary:
+    """Embed `paths` into `out`: `embeddings.npy` (float32, one row per ok file) and `index.csv`.
+
+    Files of equal decoded length are batched together (so a file's embedding never depends on its batch
+    neighbours); files longer than `max_load_sec` are streamed in bounded-memory chunks. With `frames=True`, each
+    ok file's frame embeddings and their timestamps (ms) go to `out/frames/<hash>.npz` (`embeddings`,
+    `timestamps_ms`), named in index.csv's `frames` column. Finished work is saved in shards every `flush_every` files, so rerunning on the same `out`
+    skips it. Failed files are recorded with their error and retried on the next run.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [str(Path(p).resolve()) for p in paths]
+    if len(set(files)) != len(files):
+        raise ValueError("duplicate input files")
+    fingerprint = {"checkpoint_sha256": getattr(embedder, "checkpoint_sha256", None), "frames": frames,
+                   "norm_stats": embedder.norm_stats.to_dict() if embedder.norm_stats else None}
+    shards = _Shards(out, fingerprint)
+    todo = [f for f in files if not shards.done(f)]
+    skipped = len(files) - len(todo)
+    loader = torch.utils.data.DataLoader(_Decoded(todo, embedder.sample_rate, max_load_sec), batch_size=None,
+                                         num_workers=num_workers, prefetch_factor=8 if num_workers else None)
+    pending_records: list[dict] = []
+    pending_emb: list[np.ndarray] = []
+    groups: dict[int, list[tuple[str, torch.Tensor]]] = {}
+    frames_dir = out / "frames"
+
+    def record_ok(file: str, clip: torch.Tensor, frame_emb: torch.Tensor | None, duration: float) -> None:
+        rec = {"file": file, "status": "ok", "error": "", "duration_s": round(duration, 4)}
+        if frame_emb is not None:
+            frames_dir.mkdir(exist_ok=True)
+            name = f"{hashlib.sha1(file.encode()).hexdigest()[:16]}.npz"
+            tmp = frames_dir / f"{name}.tmp.npz"
+            np.savez(tmp, embeddings=frame_emb.cpu().numpy().astype(np.float32),
+                     timestamps_ms=embedder.frame_timestamps_ms(len(frame_emb)).numpy())
+            os.replace(tmp, frames_dir / name)
+            rec["frames"] = f"frames/{name}"
+        pending_records.append(rec)
+        pending_emb.append(clip.float().cpu().numpy())
+
+    def record_error(file: str, error: str) -> None:
+        pending_records.append({"file": file, "status": "error", "error": error, "duration_s": ""})
+
+    def run_group(length: int) -> None:
+        items = groups.pop(length)
+        waves = torch.stack([w for _, w in items])
+        duration = length / embedder.sample_rate
+        try:
+            if frames:
+                frame_emb = embedder.embed_frames_batch(waves)
+                clips = frame_emb.max(dim=1).values + frame_emb.mean(dim=1)
+            else:
+                frame_emb, clips = None, embedder.embed_batch(waves)
+        except Exception as err:  # e.g. a clip shorter than the encoder's minimum: report each file, keep going
+            for file, _ in items:
+                record_error(file, f"{file}: {type(err).__name__}: {err}")
+            return
+        for k, (file, _) in enumerate(items):
+            record_ok(file, clips[k], None if frame_emb is None else frame_emb[k], duration)
+
+    def flush() -> None:
+        if pending_records:
+            shards.write(list(pending_records), list(pending_emb), embedder.embed_dim)
+            pending_records.clear()
+            pending_emb.clear()
+
+    with tqdm(total=len(todo), desc="embed", unit="file", disable=not progress) as bar:
+        for i, wave, error in loader:
+            file = todo[i]
+            if error:
+                record_error(file, error)
+            elif wave is None:  # long file: stream it
+                try:
+                    chunks = list(embedder._stream_frame_embeddings(stream_audio(file, embedder.sample_rate)))
+                    clip = pool_frames(chunks)
+                    record_ok(file, clip, torch.cat(chunks) if frames else None, audio_duration(file))
+                except Exception as err:
+                    record_error(file, str(err) if isinstance(err, AudioError) else
+                                 f"{file}: {type(err).__name__}: {err}")
+            else:
+                groups.setdefault(len(wave), []).append((file, wave))
+                if len(groups[len(wave)]) >= batch_size:
+                    run_group(len(wave))
+                elif sum(len(g) for g in groups.values()) >= batch_size:  # bound memory: run what is buffered
+                    for length in list(groups):
+                        run_group(length)
+            bar.update(1)
+            if len(pending_records) >= flush_every:
+                flush()
+        for length in list(groups):
+            run_group(length)
+        flush()
+    ok, failed = shards.finalize(out, files, embedder.embed_dim)
+    return EmbedSummary(ok=ok, failed=failed, skipped=skipped, out=out)

@@ -1,0 +1,1 @@
+"""Models shipped with byola (installed as `byola.pretrained`); see MODEL_CARD.md."""

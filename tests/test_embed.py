@@ -1,0 +1,232 @@
+"""byola.embed and `byola embed`: outputs, bad inputs, resume, chunked equals whole, batch independence."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import byola
+from byola import embed as embed_mod
+from byola.checkpoint import save_checkpoint
+from byola.frontend import LogMelSpectrogram
+from byola.models import build_encoder
+from byola.norm import NormStats
+
+
+def _tone(seconds: float, sr: int = 16000, freq: float = 440.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    encoder = build_encoder("AudioNTT2020", n_mels=64, d=64)
+    # Non-trivial BN statistics so that folding them into the convolutions is exercised.
+    for m in encoder.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, encoder, LogMelSpectrogram().config(), NormStats(mean=-8.0, std=4.0, count=1),
+                    {"source": "test"})
+    return path
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> dict[str, Path]:
+    """Good files of several lengths, rates and formats, plus one of each kind of bad input."""
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    files = {
+        "a": d / "a.wav", "b": d / "sub" / "b.flac", "c": d / "c.ogg", "d": d / "d.wav", "stereo": d / "st.wav",
+    }
+    sf.write(files["a"], _tone(1.0, seed=1), 16000)
+    sf.write(files["b"], _tone(1.0, seed=2, freq=880), 16000)
+    sf.write(files["c"], _tone(2.5, sr=22050, seed=3), 22050)
+    sf.write(files["d"], (_tone(0.7, sr=8000, seed=4) * 30000).astype(np.int16), 8000, subtype="PCM_16")
+    sf.write(files["stereo"], np.stack([_tone(1.2, seed=5), _tone(1.2, seed=6)], 1), 44100)
+    bad = {
+        "empty": d / "empty.wav", "text": d / "notes.wav", "truncated": d / "trunc.flac", "zero": d / "zero.wav",
+        "nan": d / "nan.wav",
+    }
+    bad["empty"].write_bytes(b"")
+    bad["text"].write_text("this is not audio\n" * 20)
+    sf.write(bad["truncated"], _tone(2.0, seed=7), 16000)
+    raw = bad["truncated"].read_bytes()
+    bad["truncated"].write_bytes(raw[: len(raw) // 3])
+    sf.write(bad["zero"], np.zeros(0, np.float32), 16000)
+    nan = _tone(1.0, seed=8)
+    nan[100] = np.nan
+    sf.write(bad["nan"], nan, 16000, subtype="FLOAT")
+    return {**{k: v for k, v in files.items()}, **{f"bad_{k}": v for k, v in bad.items()}}
+
+
+def _read_index(out: Path) -> list[dict]:
+    with open(out / "index.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_embed_files_outputs_and_bad_inputs(ckpt, corpus, tmp_path):
+    model = byola.load(ckpt)
+    files = embed_mod.collect_inputs([corpus["a"].parent])
+    assert len(files) == len(corpus)
+    summary = model.embed_files(files, tmp_path / "out", batch_size=4, num_workers=0, progress=False)
+    assert (summary.ok, summary.failed) == (5, 5)
+    rows = _read_index(tmp_path / "out")
+    assert list(rows[0]) == embed_mod.INDEX_COLUMNS
+    emb = np.load(tmp_path / "out" / "embeddings.npy")
+    assert emb.dtype == np.float32 and emb.shape == (5, 64)
+    by_file = {Path(r["file"]).name: r for r in rows}
+    for key in ("empty", "text", "truncated", "zero", "nan"):
+        row = by_file[corpus[f"bad_{key}"].name]
+        assert row["status"] == "error" and row["row"] == ""
+        assert corpus[f"bad_{key}"].name in row["error"], row["error"]
+    assert "NaN" in by_file["nan.wav"]["error"] or "nan" in by_file["nan.wav"]["error"].lower()
+    # Each ok row holds that file's own embedding.
+    wave, sr = sf.read(corpus["c"], dtype="float32")
+    expected = model.embed(wave, sr).numpy()
+    row = int(by_file["c.ogg"]["row"])
+    np.testing.assert_allclose(emb[row], expected, rtol=1e-5, atol=1e-5)
+    assert float(by_file["c.ogg"]["duration_s"]) == pytest.approx(2.5, abs=1e-3)
+
+
+def test_embedding_does_not_depend_on_batch(ckpt, tmp_path):
+    model = byola.load(ckpt)
+    waves = torch.stack([torch.from_numpy(_tone(1.0, seed=s)) for s in range(5)])
+    batched = model.embed_batch(waves)
+    for k in range(5):
+        torch.testing.assert_close(model.embed_batch(waves[k:k + 1])[0], batched[k], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.embed(waves[k], 16000), batched[k], rtol=1e-5, atol=1e-5)
+
+
+def test_optimized_encoder_matches_plain(ckpt):
+    fast, plain = byola.load(ckpt), byola.load(ckpt, optimize=False)
+    waves = torch.stack([torch.from_numpy(_tone(1.0, seed=s)) for s in range(3)])
+    a, b = fast.embed_batch(waves), plain.embed_batch(waves)
+    assert ((a - b).abs().max() / b.abs().max()).item() < 1e-4
+
+
+def test_chunked_equals_whole(ckpt, monkeypatch):
+    model = byola.load(ckpt, optimize=False)
+    wave = torch.from_numpy(np.concatenate([_tone(7.3, seed=9), _tone(6.1, freq=300, seed=10)]))
+    whole_frames = model.embed_frames_batch(wave[None])[0]
+    whole_clip = model.embed_batch(wave[None])[0]
+    monkeypatch.setattr(embed_mod, "CHUNK_FRAMES", 200)  # force many chunks (2 s each)
+    frames, times = model.embed_frames(wave, 16000)
+    assert frames.shape == whole_frames.shape
+    torch.testing.assert_close(frames, whole_frames, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.embed(wave, 16000), whole_clip, rtol=1e-4, atol=1e-4)
+    # Frame timestamps: evenly spaced, in ms, within the clip.
+    step = np.diff(times.numpy())
+    assert np.allclose(step, step[0]) and step[0] == pytest.approx(80.0)
+    assert 0 <= times[0] and times[-1] <= 1000 * len(wave) / 16000
+
+
+def test_long_file_streams_in_bounded_chunks(ckpt, tmp_path, monkeypatch):
+    path = tmp_path / "long.flac"
+    wave = np.concatenate([_tone(4.0, seed=s, freq=200 + 50 * s) for s in range(6)])
+    sf.write(path, wave, 16000)
+    model = byola.load(ckpt)
+    expected = model.embed(wave, 16000)
+    monkeypatch.setattr(embed_mod, "CHUNK_FRAMES", 300)
+    calls = []
+    original = model._stream_frame_embeddings
+
+    def spy(blocks):
+        for chunk in original(blocks):
+            calls.append(len(chunk))
+            yield chunk
+    monkeypatch.setattr(model, "_stream_frame_embeddings", spy)
+    summary = model.embed_files([path], tmp_path / "out", max_load_sec=5.0, num_workers=0, progress=False)
+    assert summary.ok == 1 and len(calls) > 3 and max(calls) <= 300 // 8 + 1
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "embeddings.npy")[0], expected.numpy(), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_interrupted_run_resumes_without_loss(ckpt, tmp_path, monkeypatch):
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    paths = []
+    for k in range(12):
+        p = in_dir / f"{k:02d}.wav"
+        sf.write(p, _tone(1.0, seed=k, freq=300 + 20 * k), 16000)
+        paths.append(p)
+    reference = byola.load(ckpt).embed_files(paths, tmp_path / "ref", batch_size=3, num_workers=0, progress=False)
+    assert reference.ok == 12
+
+    model = byola.load(ckpt)
+    calls = {"n": 0}
+    original = model.embed_batch
+
+    def crashing(waves):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(waves)
+    monkeypatch.setattr(model, "embed_batch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        model.embed_files(paths, tmp_path / "out", batch_size=3, num_workers=0, progress=False, flush_every=3)
+    assert not (tmp_path / "out" / "embeddings.npy").exists()
+    monkeypatch.undo()
+    resumed = byola.load(ckpt).embed_files(paths, tmp_path / "out", batch_size=3, num_workers=0, progress=False)
+    assert resumed.skipped == 6 and resumed.ok == 12
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "embeddings.npy"),
+                                  np.load(tmp_path / "ref" / "embeddings.npy"))
+    assert _read_index(tmp_path / "out") == _read_index(tmp_path / "ref")
+
+
+def test_out_dir_from_other_settings_is_refused(ckpt, tone_wav, tmp_path):
+    byola.load(ckpt).embed_files([tone_wav], tmp_path / "out", num_workers=0, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        byola.load(ckpt).embed_files([tone_wav], tmp_path / "out", frames=True, num_workers=0, progress=False)
+
+
+def test_frames_output(ckpt, tone_wav, tmp_path):
+    byola.load(ckpt).embed_files([tone_wav], tmp_path / "out", frames=True, num_workers=0, progress=False)
+    row = _read_index(tmp_path / "out")[0]
+    with np.load(tmp_path / "out" / row["frames"]) as data:
+        assert data["embeddings"].shape == (101 // 8, 64) and data["embeddings"].dtype == np.float32
+        assert data["timestamps_ms"].shape == (101 // 8,)
+
+
+def test_collect_inputs_list_file_and_missing(tmp_path, tone_wav):
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"# comment\n{tone_wav.name}\n\n{tone_wav}\n")
+    assert embed_mod.collect_inputs([listing, tone_wav]) == [tone_wav.resolve()]
+    with pytest.raises(FileNotFoundError, match="nope.wav"):
+        embed_mod.collect_inputs([tmp_path / "nope.wav"])
+
+
+def test_cli_embed_exit_codes(ckpt, corpus, tmp_path):
+    cmd = [sys.executable, "-m", "byola", "embed", str(corpus["a"]), str(corpus["b"]), "--checkpoint", str(ckpt),
+           "--out", str(tmp_path / "good"), "--num_workers", "0", "--progress", "False"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert np.load(tmp_path / "good" / "embeddings.npy").shape == (2, 64)
+    cmd[4:5] = [str(corpus["bad_text"])]
+    cmd[cmd.index(str(tmp_path / "good"))] = str(tmp_path / "bad")
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "1 embedded, 1 failed" in done.stderr
+
+
+def test_checkpoint_without_stats_uses_inputs(ckpt, tmp_path, corpus):
+    from byola.checkpoint import load_checkpoint
+
+    encoder, meta = load_checkpoint(ckpt)
+    bare = tmp_path / "bare.safetensors"
+    save_checkpoint(bare, encoder, meta["frontend"], None, {"source": "test"})
+    model = byola.load(bare)
+    with pytest.raises(RuntimeError, match="normalization statistics"):
+        model.embed_batch(torch.zeros(1, 16000))
+    stats = model.fit_norm_stats([corpus["a"], corpus["b"], corpus["bad_text"]])
+    assert np.isfinite(stats.mean) and stats.std > 0
+    assert model.embed_batch(torch.zeros(1, 16000)).shape == (1, 64)
