@@ -5,10 +5,10 @@ Modules: ``tasks`` (CSV + spec, folds), ``embedders`` (the interface the protoco
 ``probe`` (linear / MLP / kNN probes), ``run`` (cropping, cached embeddings, ``evaluate``), ``report``,
 ``prepare`` (official dataset layouts → metadata CSV + 16 kHz copies), ``hear_check``.
 """
-from .embedders import ClipEmbedder, LogMelStatsEmbedder
+from .embedders import ClipEmbedder, LogMelStatsEmbedder, ModelEmbedder
 from .probe import ProbeConfig
 from .run import TaskResult, evaluate, run_task
 from .tasks import Task, TaskError, TaskSpec, builtin_specs, load_task
 
-__all__ = ["ClipEmbedder", "LogMelStatsEmbedder", "ProbeConfig", "Task", "TaskError", "TaskResult", "TaskSpec",
-           "builtin_specs", "evaluate", "load_task", "run_task"]
+__all__ = ["ClipEmbedder", "LogMelStatsEmbedder", "ModelEmbedder", "ProbeConfig", "Task", "TaskError", "TaskResult",
+           "TaskSpec", "builtin_specs", "evaluate", "load_task", "run_task"]

@@ -58,3 +58,31 @@ class LogMelStatsEmbedder:
     def embed_clips(self, waves: torch.Tensor) -> torch.Tensor:
         mel = self.frontend(waves.to(self.device, torch.float32))
         return torch.cat([mel.mean(dim=-1), mel.std(dim=-1)], dim=1)
+
+
+class ModelEmbedder:
+    """Adapter from a byola model (``byola.embed.Embedder``: ``frontend``, ``sample_rate``,
+    ``set_norm_stats(NormStats)``, ``embed_batch(waves) -> [B, D]``) to the evaluation interface.
+
+    ``fold_norm=True`` (EVAR's protocol): pre-normalization statistics are computed exactly from each fold's
+    training clips with ``byola.norm.compute_norm_stats``; ``False`` keeps the model's own (checkpoint) statistics,
+    and ``name`` must then identify them. ``name`` is the cache identity, e.g. ``"ckpt:" + sha256[:16]``.
+    """
+
+    def __init__(self, model, name: str, fold_norm: bool = True, batch_size: int = 64):
+        self.model, self.fold_norm, self.batch_size = model, fold_norm, batch_size
+        self.sample_rate = int(model.sample_rate)
+        self.name = f"{name}|norm={'fold' if fold_norm else 'model'}"
+
+    def fit_norm(self, clips: Iterable[torch.Tensor]) -> dict | None:
+        if not self.fold_norm:
+            return None
+        from byola.norm import compute_norm_stats
+
+        stats = compute_norm_stats(clips, self.model.frontend, sample_rate=self.sample_rate,
+                                   batch_size=self.batch_size, progress=False)
+        self.model.set_norm_stats(stats)
+        return stats.to_dict()
+
+    def embed_clips(self, waves: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_batch(waves)
