@@ -17,6 +17,7 @@ import torch
 from sklearn.metrics import average_precision_score
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
+from tqdm.auto import tqdm
 
 PROBES = ("linear", "mlp", "knn")
 
@@ -83,13 +84,15 @@ class Trial:
 
 def make_fold_data(x_train, y_train, x_valid, y_valid, x_test, y_test, classes: list[str],
                    metric: str) -> FoldData:
-    """Standardize with train statistics (float64 moments; zero-variance dimensions left unscaled) and record
+    """Standardize with train statistics (float64 moments in chunks; zero-variance dimensions left unscaled); record
     classes missing from train or test so that results can say what they were computed on."""
     x_train = np.asarray(x_train, dtype=np.float32)
     mean = x_train.mean(axis=0, dtype=np.float64)
-    std = x_train.std(axis=0, dtype=np.float64)
+    sq = sum(np.square(x_train[i:i + 8192] - mean).sum(axis=0) for i in range(0, len(x_train), 8192))
+    std = np.sqrt(sq / max(len(x_train), 1))
     std[std < 1e-8] = 1.0
-    scale = lambda x: ((np.asarray(x, dtype=np.float64) - mean) / std).astype(np.float32)
+    mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
+    scale = lambda x: (np.asarray(x, dtype=np.float32) - mean32) / std32  # float32: no float64 copy of big sets
     warnings = []
     present = lambda y: (y.sum(axis=0) > 0) if y.ndim == 2 else np.bincount(y, minlength=len(classes)) > 0
     absent = [c for c, p, q in zip(classes, present(y_train), present(y_test)) if q and not p]
@@ -172,7 +175,7 @@ def knn_scores(data: FoldData, k: int, x: np.ndarray) -> np.ndarray:
     return onehot[neighbours].mean(axis=1)
 
 
-def run_trials(data: FoldData, cfg: ProbeConfig, seeds: tuple[int, ...]) -> list[Trial]:
+def run_trials(data: FoldData, cfg: ProbeConfig, seeds: tuple[int, ...], progress: bool = False) -> list[Trial]:
     """Every (grid value, seed) probe on this fold, each scored on validation and test.
 
     An empty validation split leaves nothing to choose on: the grid shrinks to its middle value and this is
@@ -182,20 +185,20 @@ def run_trials(data: FoldData, cfg: ProbeConfig, seeds: tuple[int, ...]) -> list
     if len(data.y_valid) == 0:
         grid = (grid[len(grid) // 2],)
         data.warnings.append(f"empty validation split: no early stopping, {cfg.hyper_name}={grid[0]} unchosen")
-    if cfg.kind == "knn" and min(grid) > len(data.x_train):
+    if cfg.kind == "knn" and max(grid) > len(data.x_train):
         data.warnings.append(f"k clipped to the {len(data.x_train)} training clips")
     trials = []
-    for hyper in grid:
-        for seed in (seeds[:1] if cfg.kind == "knn" else seeds):
-            if cfg.kind == "knn":
-                valid_scores, test_scores, epochs = knn_scores(data, hyper, data.x_valid), knn_scores(data, hyper, data.x_test), 0
-                valid = score(data.metric, data.y_valid, valid_scores)
-            else:
-                model, valid, epochs = train_head(data, hyper, seed, cfg)
-                device = next(model.parameters()).device
-                test_scores = _predict(model, torch.from_numpy(data.x_test).to(device)).float().cpu().numpy()
-            pred = None if data.multilabel else test_scores.argmax(axis=1)
-            trials.append(Trial(hyper, seed, valid, score(data.metric, data.y_test, test_scores), epochs, pred))
+    runs = [(h, s) for h in grid for s in (seeds[:1] if cfg.kind == "knn" else seeds)]
+    for hyper, seed in tqdm(runs, desc=f"{cfg.kind} probe", unit="run", disable=not progress, leave=False):
+        if cfg.kind == "knn":
+            test_scores, epochs = knn_scores(data, hyper, data.x_test), 0
+            valid = score(data.metric, data.y_valid, knn_scores(data, hyper, data.x_valid))
+        else:
+            model, valid, epochs = train_head(data, hyper, seed, cfg)
+            device = next(model.parameters()).device
+            test_scores = _predict(model, torch.from_numpy(data.x_test).to(device)).float().cpu().numpy()
+        pred = None if data.multilabel else test_scores.argmax(axis=1)
+        trials.append(Trial(hyper, seed, valid, score(data.metric, data.y_test, test_scores), epochs, pred))
     return trials
 
 

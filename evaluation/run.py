@@ -190,7 +190,7 @@ def run_task(task: Task, embedder: ClipEmbedder, cache_dir: str | os.PathLike, *
         hits += hit
         data = make_fold_data(emb[fold.train], y[fold.train], emb[fold.valid], y[fold.valid], emb[fold.test],
                               y[fold.test], task.classes, task.metric)
-        per_fold.append(run_trials(data, probe, seeds))
+        per_fold.append(run_trials(data, probe, seeds, progress=progress))
         warnings += [f"{fold.name}: {w}" for w in fold.warnings + data.warnings]
     chosen = choose(per_fold)
     used_seeds = seeds[:1] if probe.kind == "knn" else seeds

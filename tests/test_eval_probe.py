@@ -7,7 +7,7 @@ import torch
 
 from byola.evaluation.probe import ProbeConfig, choose, make_fold_data, run_trials, score, train_head
 
-FAST = dict(lr_grid=(1e-3, 1e-1), max_epochs=15, patience=5, batch_size=64, device="cpu")
+FAST = dict(lr_grid=(1e-3, 1e-1), max_epochs=10, patience=4, batch_size=64, device="cpu")
 
 
 def _clusters(n_per_class: int, n_classes: int = 3, dim: int = 8, seed: int = 0, spread: float = 0.3):
