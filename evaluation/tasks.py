@@ -34,6 +34,7 @@ class TaskSpec:
     unit_sec: float
     metric: str = "accuracy"
     n_classes: int | None = None
+    classes: list[str] | None = None
     prepare: str | None = None
     description: str = ""
 
@@ -169,7 +170,8 @@ def load_task(name_or_csv: str | os.PathLike, unit_sec: float | None = None, met
 
     A bare CSV gets ``unit_sec`` 1.0 and metric ``mAP`` if any row is multi-label else ``accuracy`` unless given.
     Raises ``TaskError`` for missing columns, missing audio files (listed), bad split/fold values, empty labels,
-    multi-label rows under ``accuracy``, a class count that differs from the spec, or a split without train/test.
+    labels outside the spec's ``classes``, multi-label rows under ``accuracy``, a class count that differs from
+    the spec, or a split without train/test.
     """
     specs = builtin_specs()
     key = str(name_or_csv)
@@ -197,6 +199,11 @@ def load_task(name_or_csv: str | os.PathLike, unit_sec: float | None = None, met
     if empty:
         raise TaskError(f"{csv_path}: empty label on line(s) {empty[:10]}")
     classes = sorted({c for l in labels for c in l})
+    if spec and spec.classes:
+        unknown = sorted(set(classes) - {str(c) for c in spec.classes})
+        if unknown:
+            raise TaskError(f"{csv_path}: unknown label(s) for task {spec.name!r}: {unknown[:10]}"
+                            + ("..." if len(unknown) > 10 else ""))
     if spec and spec.n_classes and len(classes) != spec.n_classes:
         raise TaskError(f"{csv_path}: task {spec.name!r} expects {spec.n_classes} classes, the CSV has "
                         f"{len(classes)}")

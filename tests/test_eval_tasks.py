@@ -108,10 +108,14 @@ def test_builtin_specs_and_data_root(tmp_path):
         load_task("esc50", data_root=tmp_path)
     with pytest.raises(TaskError, match="neither a built-in task"):
         load_task("no_such_task")
-    rows = [(f"audio/{i}.wav", "abc"[i % 3], "train" if i > 2 else "test") for i in range(9)]
+    rows = [(f"audio/{i}.wav", str(i % 3), "train" if i > 2 else "test") for i in range(9)]
     (tmp_path / "fsdd").mkdir()
     _write_task(tmp_path / "fsdd", rows).rename(tmp_path / "fsdd" / "fsdd_digit.csv")
     with pytest.raises(TaskError, match="expects 10 classes, the CSV has 3"):
+        load_task("fsdd_digit", data_root=tmp_path)
+    rows = [(f"audio/{i}.wav", str(i % 10) if i != 4 else "four", "train" if i > 2 else "test") for i in range(12)]
+    _write_task(tmp_path / "fsdd", rows).rename(tmp_path / "fsdd" / "fsdd_digit.csv")
+    with pytest.raises(TaskError, match=r"unknown label\(s\) for task 'fsdd_digit': \['four'\]"):
         load_task("fsdd_digit", data_root=tmp_path)
 
 
