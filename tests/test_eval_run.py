@@ -213,6 +213,7 @@ def test_model_embedder_fits_exact_fold_stats(tmp_path):
     assert stats["std"] == pytest.approx(float(mel.std(unbiased=False)), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_logmel_baseline_on_real_spoken_digits(tmp_path):
     root = shared_data("fsdd")
     with open(root / "fsdd_digit.csv") as f:
