@@ -229,3 +229,26 @@ def test_logmel_baseline_on_real_spoken_digits(tmp_path):
     assert result.n_test == sum(r["split"] == "test" for r in rows) and result.n_classes == 10
     assert not result.warnings
     assert result.score > 50, result  # chance is 10%
+
+
+def test_multilabel_task_with_knn_probe_end_to_end(tmp_path):
+    root = tmp_path / "data"
+    (root / "audio").mkdir(parents=True)
+    rows = []
+    for i in range(30):
+        labels = [["low"], ["high"], ["low", "high"]][i % 3]
+        wave = sum(_tone(FREQS[l], 0.3, seed=i) for l in labels)
+        sf.write(root / "audio" / f"{i}.wav", wave, SR)
+        rows.append((f"audio/{i}.wav", ",".join(labels), "train" if i < 18 else "valid" if i < 24 else "test"))
+    with open(root / "ml.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file_name", "label", "split"])
+        w.writerows(rows)
+    task = load_task(root / "ml.csv", unit_sec=0.25)
+    assert task.metric == "mAP"
+    results = evaluate([task], lambda: BandEmbedder(), tmp_path / "out", seeds=(0, 1), audio_loader=read_audio,
+                       probe=ProbeConfig(kind="knn", k_grid=(1, 3)), progress=False)
+    (r,) = results
+    assert r.score > 90 and r.lr is None and r.hyper_name == "k" and r.seed_count == 1 and r.y_pred == []
+    assert not (tmp_path / "out" / "confusion" / "bands" / "ml.png").exists()  # no confusion matrix for mAP
+    assert "| ml | mAP |" in (tmp_path / "out" / "results.md").read_text()
