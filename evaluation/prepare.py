@@ -189,7 +189,8 @@ def prepare_voxforge(src: Path) -> list[tuple[Path, str, dict]]:
     return entries
 
 
-def prepare_cremad(src: Path, seed: int = 0, fractions: tuple[float, float] = (0.7, 0.1)) -> list[tuple[Path, str, dict]]:
+def prepare_cremad(src: Path, seed: int = 0,
+                   fractions: tuple[float, float] = (0.7, 0.1)) -> list[tuple[Path, str, dict]]:
     """CREMA-D emotion (6 classes) from ``AudioWAV/<actor>_<sentence>_<EMO>_<level>.wav``.
 
     Split rule (ours; speaker-disjoint): the sorted actor ids are shuffled with ``numpy.random.default_rng(seed)``

@@ -121,7 +121,8 @@ def build_head(kind: str, in_dim: int, n_classes: int, hidden_dim: int = 1024, d
     """``nn.Linear`` for the linear probe; one hidden layer with ReLU and dropout for the MLP probe."""
     if kind == "linear":
         return nn.Linear(in_dim, n_classes)
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, n_classes))
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(hidden_dim, n_classes))
 
 
 @torch.no_grad()

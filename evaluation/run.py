@@ -225,7 +225,8 @@ def evaluate(tasks: Iterable[str | os.PathLike | Task], embedder_factory: Embedd
              out_dir: str | os.PathLike, *, baselines: Mapping[str, EmbedderFactory] | None = None,
              data_root: str | os.PathLike | None = None, unit_sec: float | None = None, metric: str | None = None,
              seeds: Sequence[int] = (0, 1, 2), probe: str | ProbeConfig = "linear",
-             cache_dir: str | os.PathLike | None = None, batch_size: int = 64, num_workers: int = 0,
+             cache_dir: str | os.PathLike | None = None, crop_seed: int = 0, split_seed: int = 0,
+             valid_fraction: float = 0.1, batch_size: int = 64, num_workers: int = 0,
              audio_loader: AudioLoader | None = None, progress: bool = True) -> list[TaskResult]:
     """Score every task with the embedder from ``embedder_factory`` and each of ``baselines`` (label → factory;
     the main embedder is labelled by its ``name``), writing ``out_dir``/results.csv, results.md, results.json and
@@ -250,6 +251,7 @@ def evaluate(tasks: Iterable[str | os.PathLike | Task], embedder_factory: Embedd
         embedder = factory()
         for task in loaded:
             result = run_task(task, embedder, cache_dir or out / "cache", seeds=seeds, probe=cfg,
+                              crop_seed=crop_seed, split_seed=split_seed, valid_fraction=valid_fraction,
                               batch_size=batch_size, num_workers=num_workers, audio_loader=audio_loader,
                               progress=progress)
             result.label = label or embedder.name

@@ -240,11 +240,11 @@ def _read_rows(csv_path: Path) -> list[dict[str, str]]:
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
-        need = {"file_name", "label"}
-        missing = sorted(need - set(columns))
-        if missing or not ({"split", "fold"} & set(columns)):
-            raise TaskError(f"{csv_path}: missing column(s) {missing + ([] if {'split', 'fold'} & set(columns) else ['split or fold'])}; "
-                            f"found {columns}")
+        missing = sorted({"file_name", "label"} - set(columns))
+        if not {"split", "fold"} & set(columns):
+            missing.append("split or fold")
+        if missing:
+            raise TaskError(f"{csv_path}: missing column(s) {missing}; found {columns}")
         rows = list(reader)
     if not rows:
         raise TaskError(f"{csv_path}: no rows")

@@ -71,7 +71,8 @@ def test_esc50_builtin_task_resolves_through_data_root(tmp_path):
 
 def test_us8k_converts_rates_and_channels(tmp_path):
     src = tmp_path / "UrbanSound8K"
-    meta = [("100032-3-0-0.wav", 5, 3, "dog_bark", 44100, 2), ("100263-2-0-117.wav", 5, 2, "children_playing", 48000, 1),
+    meta = [("100032-3-0-0.wav", 5, 3, "dog_bark", 44100, 2),
+            ("100263-2-0-117.wav", 5, 2, "children_playing", 48000, 1),
             ("101415-3-0-2.wav", 1, 3, "dog_bark", 16000, 1), ("102305-6-0-0.wav", 10, 6, "gun_shot", 22050, 2)]
     (src / "metadata").mkdir(parents=True)
     with open(src / "metadata" / "UrbanSound8K.csv", "w", newline="") as f:
@@ -186,7 +187,8 @@ def test_gtzan_needs_and_applies_split_lists(tmp_path):
 def test_nsynth_official_folders(tmp_path):
     src = tmp_path / "nsynth"
     notes = {"train": [("bass_synthetic_033-022-050", "bass"), ("guitar_acoustic_010-060-100", "guitar")],
-             "valid": [("keyboard_electronic_001-021-127", "keyboard")], "test": [("bass_electronic_018-022-100", "bass")]}
+             "valid": [("keyboard_electronic_001-021-127", "keyboard")],
+             "test": [("bass_electronic_018-022-100", "bass")]}
     for split, items in notes.items():
         meta = {}
         for note, family in items:
