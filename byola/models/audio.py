@@ -75,15 +75,13 @@ class _AudioNTT(nn.Module):
             raise ValueError(f"{self.name} needs at least {self.frame_hop} time frames, got {x.shape[3]}")
         return x
 
-    def _head(self, conv: Tensor, hidden: Tensor) -> Tensor:
-        """Final frame embedding from the conv frames and the MLP hidden layer."""
-        out = self.fc[4](self.fc[3](hidden))
+    def _stack(self, conv: Tensor, out: Tensor) -> Tensor:
         return torch.cat([conv, out], dim=-1) if self.stack else out
 
     def frame_embeddings(self, x: Tensor) -> Tensor:
         """Log-mel ``[B, 1, F, T]`` -> frame embeddings ``[B, T // frame_hop, embed_dim]``."""
         conv = _to_frames(self.features(self._check_input(x)))
-        return self._head(conv, self.fc[2](self.fc[1](self.fc[0](conv))))
+        return self._stack(conv, self.fc(conv))
 
     def forward(self, x: Tensor) -> Tensor:
         """Log-mel ``[B, 1, F, T]`` -> clip embedding ``[B, embed_dim]`` (max + mean over time)."""
@@ -102,8 +100,8 @@ class _AudioNTT(nn.Module):
         for i in range(self.conv_layers):
             x = self.features[4 * i: 4 * i + 4](x)
             outs.append(_to_frames(x))
-        hidden = self.fc[2](self.fc[1](self.fc[0](outs[-1])))
-        return outs + [hidden, self._head(outs[-1], hidden)]
+        hidden = self.fc[:3](outs[-1])
+        return outs + [hidden, self._stack(outs[-1], self.fc[3:](hidden))]
 
     def config(self) -> dict:
         """``{"name", "params"}``; ``build_encoder(name, **params)`` rebuilds this architecture."""
