@@ -70,8 +70,8 @@ def data_throughput(ds: RandomCropDataset, batch: int, workers: int) -> tuple[fl
     return rates[0], rates[1]
 
 
-def make_views_module(device: torch.device, seed: int) -> AudioBatchViews:
-    frontend = LogMelSpectrogram()
+def make_views_module(device: torch.device, seed: int, backend: str) -> AudioBatchViews:
+    frontend = LogMelSpectrogram(backend=backend)
     views = AudioViews.byola("v2", post_norm=False, generator=torch.Generator(device=device).manual_seed(seed))
     return AudioBatchViews(frontend, PreNormalization(-8.0, 4.0), views, PostNormalization()).to(device)
 
@@ -124,10 +124,13 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=None,
                     help="eager channels_last compile channels_last+compile bf16 (default: all but bf16 on CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--frontend", default="torchaudio", help="log-mel backend of the augmentation step (the recipes' "
+                    "default; nnaudio is also timed)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    variants = args.variants or (["eager", "channels_last", "compile", "channels_last+compile"]
-                                 + (["bf16", "channels_last+bf16"] if device.type == "cuda" else []))
+    # torch.compile measured no gain on a 2-core CPU (and takes minutes there): on CPU, ask for it with --variants.
+    variants = args.variants or (["eager", "channels_last", "bf16", "channels_last+bf16", "channels_last+bf16+compile"]
+                                 if device.type == "cuda" else ["eager", "channels_last"])
     if variants[0] != "eager":
         variants = ["eager"] + [v for v in variants if v != "eager"]
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
@@ -148,7 +151,18 @@ def main() -> None:
             batches.extend(b for b in loader)
         batches = [b.to(device) for b in batches[:args.steps]]
 
-        make_views = make_views_module(device, 0)
+        with torch.no_grad():  # the two log-mel backends (numerically equivalent: Slaney mel scale and norm)
+            fe_times = {}
+            for backend in ("nnaudio", "torchaudio"):
+                fe = LogMelSpectrogram(backend=backend).to(device)
+                fe(batches[0])
+                _sync(device)
+                t0 = time.perf_counter()
+                for b in batches:
+                    fe(b)
+                _sync(device)
+                fe_times[backend] = (time.perf_counter() - t0) / len(batches)
+        make_views = make_views_module(device, 0, args.frontend)
         aug_times, all_views = [], []
         with torch.no_grad():
             for b in batches:
@@ -165,7 +179,9 @@ def main() -> None:
         for k, views in enumerate(all_views):
             for run in runs:
                 run.step(views, k, len(all_views))
-        print(f"\n[step] augmentation {aug * 1e3:.0f} ms per batch (median; same module for every variant)")
+        print(f"\n[step] log-mel front end per batch: nnaudio {fe_times['nnaudio'] * 1e3:.0f} ms, torchaudio "
+              f"{fe_times['torchaudio'] * 1e3:.0f} ms; augmentation with {args.frontend} (log-mel, pre-norm, views, "
+              f"post-norm) {aug * 1e3:.0f} ms per batch (median; same for every variant)")
         print(f"{'variant':24s} {'model ms':>9s} {'samples/s':>10s} {'vs eager':>9s} {'aug share':>10s} "
               f"{'max |Δloss|/loss':>17s}")
         eager_total = statistics.median(runs[0].times[1:] or runs[0].times) + aug
@@ -188,7 +204,7 @@ def main() -> None:
                 engine.to(memory_format=torch.channels_last)
             if "compile" in best.name:
                 engine.encoder.compile()
-            mv = make_views_module(device, 0)
+            mv = make_views_module(device, 0, args.frontend)
             mv.channels_last = "channels_last" in best.name
             run_dir = tmp / "run"
             Trainer(engine, lambda p: torch.optim.Adam(p, lr=1e-4), ds, mv, run_dir, batch_size=args.batch,

@@ -42,7 +42,7 @@ from byola.augment.audio import AudioViews
 from byola.checkpoint import save_checkpoint
 from byola.data import RandomCropDataset, scan_corpus
 from byola.engine.methods import build_method, get_method
-from byola.engine.trainer import Trainer, default_device, dist_info, init_distributed
+from byola.engine.trainer import Trainer, default_device, dist_info, init_distributed, latest_checkpoint
 from byola.frontend import LogMelSpectrogram
 from byola.models import build_encoder
 from byola.norm import NormStats, PostNormalization, PreNormalization, compute_norm_stats
@@ -145,7 +145,8 @@ class RunningNorm(nn.Module):
     have been seen in training mode, each batch's moments are merged (exactly, float64, Chan et al.) into the
     running mean/variance, and the batch is normalized with the statistics so far (its own included). After that
     the statistics are frozen. ``count``, ``mean`` and ``m2`` are buffers (checkpointed); :meth:`stats` gives the
-    values exported with the model."""
+    values exported with the model. Under DDP each process accumulates its own data's statistics (rank 0's are
+    exported)."""
 
     def __init__(self, max_samples: int) -> None:
         super().__init__()
@@ -235,17 +236,16 @@ def _norm_module(cfg: dict[str, Any], dataset: RandomCropDataset, frontend: nn.M
     if mode != "corpus":
         raise ValueError(f"norm.mode must be 'corpus', 'running' or 'fixed', got {mode!r}")
     path = out / "norm_stats.json"
-    info = dist_info()
-    if not (resume and path.exists()):
-        if info.is_main:
-            stats = corpus_norm_stats(dataset, frontend, int(cfg.get("max_samples", 10000)), seed, num_workers,
-                                      progress)
+    if resume and path.exists():
+        stats = NormStats.from_dict(json.loads(path.read_text()))
+    else:
+        # Every process computes the same (deterministic) statistics: no rank waits on another, which could outlast
+        # a collective's timeout on a large corpus, and no shared file system is assumed. Rank 0 keeps them.
+        stats = corpus_norm_stats(dataset, frontend, int(cfg.get("max_samples", 10000)), seed, num_workers, progress)
+        if dist_info().is_main:
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(json.dumps(stats.to_dict()))
             os.replace(tmp, path)
-        if info.world_size > 1:
-            dist.barrier()
-    stats = NormStats.from_dict(json.loads(path.read_text()))
     log.info("pre-normalization statistics: mean %.6g, std %.6g over %d values", stats.mean, stats.std, stats.count)
     return PreNormalization.from_stats(stats), stats
 
@@ -267,6 +267,11 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
     seed = int(cfg.get("seed", 0))
     dcfg, tcfg = cfg["data"], cfg["train"]
     device = torch.device(tcfg["device"]) if tcfg.get("device") else default_device()
+    if not resume and latest_checkpoint(out_dir) is not None:
+        raise FileExistsError(f"{out_dir} holds a run: pass resume=True (--resume) to continue it, or choose another "
+                              "--out")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(tcfg.get("cudnn_benchmark", True))  # fixed crop size: pick fast kernels
     created_group = init_distributed(device)
     info = dist_info()
     try:
@@ -292,7 +297,8 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
         log.info("corpus: %d files (%d unreadable skipped) from %s", len(dataset), len(dataset.unreadable), sources)
 
         frontend = LogMelSpectrogram(sample_rate=sample_rate, **cfg.get("frontend", {}))
-        pre_norm, fixed_stats = _norm_module(cfg.get("norm", {}), dataset, frontend, out_dir, seed, num_workers, resume, progress)
+        pre_norm, fixed_stats = _norm_module(cfg.get("norm", {}), dataset, frontend, out_dir, seed, num_workers,
+                                             resume, progress)
 
         # The model is built from the same seed on every rank (DDP also broadcasts rank 0's weights).
         torch.manual_seed(seed)

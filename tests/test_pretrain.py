@@ -118,6 +118,8 @@ def test_pretrain_v2_tiny_end_to_end(corpus: Path, tmp_path: Path) -> None:
     with torch.no_grad():
         emb = encoder(torch.randn(2, 1, 16, 96))
     assert emb.shape == (2, 48) and torch.isfinite(emb).all()
+    with pytest.raises(FileExistsError, match="resume"):
+        pretrain([str(corpus)], "byola_v2", str(run), **TINY_V2)
 
 
 def test_pretrain_v1_resume_after_interruption_matches(corpus: Path, tmp_path: Path,

@@ -5,16 +5,17 @@
 modality-specific ``make_views`` callable. It handles mixed precision, gradient accumulation, DDP through ``torchrun``,
 the learning-rate schedule, a progress bar, a CSV log, NaN detection, atomic checkpoints and exact resume.
 
-Determinism and resume. The data order is a pure function of ``(seed, epoch)``: every epoch is a permutation drawn
-from ``numpy.random.default_rng([seed, epoch])``, cut into ``world_size * batch_size`` blocks (the tail that does not
-fill a block is dropped), and rank ``r`` takes the ``r``-th slice of every block. The loader is one infinite stream of
-micro-batches over all epochs, indexed by a global micro-batch counter, so a resumed run restarts the stream exactly
+Determinism and resume. The data order is a pure function of ``(seed, epoch)``: every epoch is a permutation drawn from
+``numpy.random.default_rng([seed, epoch])``, cut into ``world_size * batch_size`` blocks (the tail that does not fill a
+block is dropped), and rank ``r`` takes the ``r``-th slice of every block (the sharding of
+``DistributedSampler(drop_last=True)``, which cannot start in the middle of an epoch). The loader is one infinite stream
+of micro-batches over all epochs, indexed by a global micro-batch counter, so a resumed run restarts the stream exactly
 at the first batch not yet consumed. Items are fetched as ``dataset[index]`` after ``dataset.set_epoch(epoch)`` (when
-the dataset has it) inside the worker, so per-item randomness (e.g. crop offsets) can be derived from
-``(seed, epoch, index)`` and is independent of worker count and scheduling. Everything else that is random lives in
-the training process and is checkpointed: python/numpy/torch (CPU and CUDA) RNG states, every ``torch.Generator``
-held by ``make_views`` (or its submodules), and ``make_views.state_dict()`` (e.g. a Mixup memory bank); with DDP these
-are gathered from every rank into rank 0's checkpoint.
+the dataset has it) inside the worker, so per-item randomness (e.g. crop offsets) can be derived from ``(seed, epoch,
+index)`` and is independent of worker count and scheduling. Everything else that is random lives in the training process
+and is checkpointed: python/numpy/torch (CPU and CUDA) RNG states, every ``torch.Generator`` held by ``make_views`` (or
+its submodules), and ``make_views.state_dict()`` (e.g. a Mixup memory bank); with DDP these are gathered from every rank
+into rank 0's checkpoint.
 
 Files in ``run_dir`` (written by rank 0 only): ``log.csv`` (one row per optimizer step), ``checkpoints/state-<step>.pt``
 (training state, ``torch.save`` via temporary file + ``os.replace``; the newest ``keep_checkpoints`` are kept). The
@@ -253,12 +254,13 @@ def _to_tuple(x: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains ``model`` (an engine module: ``forward(views) -> {"loss": Tensor, ...}``, optional
-    ``update_targets(step, total_steps)``) on ``dataset``.
+    ``update_targets(step, total_steps)``, called after each optimizer step with the 0-based step; the value it
+    returns is logged as ``tau``) on ``dataset``.
 
-    Each optimizer step consumes ``accum_steps`` micro-batches of ``batch_size`` items per process; ``make_views(batch)``
-    turns a collated micro-batch (already on the device) into the views: it returns ``list[Tensor]`` or
-    ``(list[Tensor], {name: scalar})``, the scalars being logged. It runs under ``torch.no_grad()`` and outside
-    autocast (augmentation in float32); the engine's forward runs under autocast. If ``make_views`` is an
+    Each optimizer step consumes ``accum_steps`` micro-batches of ``batch_size`` items per process;
+    ``make_views(batch)`` turns a collated micro-batch (already on the device) into the views: it returns
+    ``list[Tensor]`` or ``(list[Tensor], {name: scalar})``, the scalars being logged. It runs under ``torch.no_grad()``
+    and outside autocast (augmentation in float32); the engine's forward runs under autocast. If ``make_views`` is an
     ``nn.Module`` its ``state_dict`` (e.g. a memory bank) and any ``torch.Generator`` attributes are checkpointed.
 
     Args:
@@ -288,8 +290,9 @@ class Trainer:
         find_unused_parameters: passed to DistributedDataParallel.
     """
 
-    def __init__(self, model: nn.Module, optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
-                 | torch.optim.Optimizer, dataset: Dataset, make_views: Callable[[Any], Any], run_dir: str | os.PathLike,
+    def __init__(self, model: nn.Module,
+                 optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | torch.optim.Optimizer,
+                 dataset: Dataset, make_views: Callable[[Any], Any], run_dir: str | os.PathLike,
                  *, batch_size: int, epochs: int | None = None, steps: int | None = None, seed: int = 0,
                  lr_schedule: str = "cosine", warmup_steps: int = 0, min_lr_ratio: float = 0.0, accum_steps: int = 1,
                  amp: str = "auto", grad_clip: float | None = None, checkpoint_every: int = 1000,
@@ -327,9 +330,10 @@ class Trainer:
         self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
         self.amp_dtype = self._amp_dtype(amp)
 
-        self.batches_per_epoch = len(dataset) // (self.batch_size * self.dist.world_size)  # type: ignore[arg-type]
+        n_items = len(dataset)  # type: ignore[arg-type]
+        self.batches_per_epoch = n_items // (self.batch_size * self.dist.world_size)
         if self.batches_per_epoch == 0:
-            raise ValueError(f"the dataset has {len(dataset)} items, fewer than one batch of {self.batch_size} "  # type: ignore[arg-type]
+            raise ValueError(f"the dataset has {n_items} items, fewer than one batch of {self.batch_size} "
                              f"x {self.dist.world_size} process(es)")
         self.total_steps = int(steps) if steps is not None else int(epochs) * self.batches_per_epoch // self.accum_steps
         if self.total_steps < 1:
