@@ -90,7 +90,7 @@ def _open(path: PathLike) -> sf.SoundFile:
             raise AudioError(path, "unsupported file: its header gives no sample count (e.g. a FLAC written as a "
                                    "stream), which libsndfile cannot read through; re-encode it")
         if f.frames == 0:
-            raise AudioError(path, "zero-length audio (the header is valid but holds 0 samples)")
+            raise AudioError(path, "zero-length audio (the header declares 0 samples)")
         if f.samplerate <= 0:
             raise AudioError(path, f"invalid sample rate {f.samplerate}")
         for chunk, declared, actual in _SHORT_CHUNK.findall(f.extra_info):

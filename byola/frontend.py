@@ -11,6 +11,8 @@ Slaney-style mel filters (librosa's default: Slaney mel scale, area-normalized t
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -92,6 +94,45 @@ class LogMelSpectrogram(nn.Module):
     def n_frames(self, n_samples: int) -> int:
         """Frames produced for a waveform of ``n_samples`` (center=True)."""
         return n_samples // self.hop_length + 1
+
+    def stream(self, blocks: Iterable[torch.Tensor], chunk_frames: int = 6000) -> Iterator[torch.Tensor]:
+        """Log-mel chunks ``[n_mels, n]`` (n = ``chunk_frames`` except the last) of ONE waveform given as 1-D blocks.
+
+        Memory stays bounded by a chunk plus a block. The frames ``[a, b)`` of a chunk are computed from samples
+        ``[a·hop - C, b·hop + C)`` with ``C`` the smallest multiple of the hop >= n_fft / 2, so every window lies
+        inside real samples and reflect padding happens only at the waveform's own edges: concatenated along time,
+        the chunks equal ``self(whole_waveform)[0]`` up to float rounding.
+        """
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        hop = self.hop_length
+        context = hop * math.ceil(self.n_fft / 2 / hop)
+        buffer: torch.Tensor | None = None
+        start = 0  # sample index of buffer[0]
+        done = 0  # frames already emitted
+        for block in blocks:
+            if block.ndim != 1:
+                raise ValueError(f"stream() takes 1-D blocks of one waveform, got shape {tuple(block.shape)}")
+            buffer = block if buffer is None else torch.cat([buffer, block.to(buffer.device)])
+            while (done + chunk_frames) * hop + context <= start + len(buffer):
+                lo = max(done * hop - context, 0)
+                mel = self(buffer[lo - start:(done + chunk_frames) * hop + context - start])[0]
+                first = (done * hop - lo) // hop
+                yield mel[:, first:first + chunk_frames]
+                done += chunk_frames
+                keep = max(done * hop - context, 0)
+                buffer, start = buffer[keep - start:], keep
+        if buffer is None:
+            return
+        total = start + len(buffer)
+        n_frames = total // hop + 1
+        while done < n_frames:
+            stop = min(done + chunk_frames, n_frames)
+            lo = max(done * hop - context, 0)
+            hi = min(stop * hop + context, total)  # at `total`, the waveform's own end (reflect-padded as whole)
+            first = (done * hop - lo) // hop
+            yield self(buffer[lo - start:hi - start])[0][:, first:first + stop - done]
+            done = stop
 
     def _check(self, wave: torch.Tensor) -> torch.Tensor:
         if not isinstance(wave, torch.Tensor):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from byola.audio import AudioError, load_audio
+from byola.audio import AudioError, audio_duration, load_audio, stream_audio
+from byola.frontend import LogMelSpectrogram
 
 CROPS = ("random", "start", "center")
 
@@ -46,11 +47,21 @@ class _Moments:
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
 
     def add(self, n: int, mean: float, m2: float) -> None:
+        if n == 0:
+            return
         total = self.n + n
         delta = mean - self.mean
         self.mean += delta * n / total
         self.m2 += m2 + delta * delta * self.n * n / total
         self.n = total
+
+    def add_rows(self, values: torch.Tensor) -> None:
+        """Merge each row of ``values`` ``[N, ...]`` (one clip or chunk per row) in order."""
+        rows = values.double().flatten(1)
+        means = rows.mean(dim=1)
+        m2s = (rows - means[:, None]).square().sum(dim=1)
+        for mean, m2 in zip(means.tolist(), m2s.tolist()):
+            self.add(rows.shape[1], mean, m2)
 
 
 def _crop_or_pad(wave: torch.Tensor, length: int, crop: str, rng_seed: tuple[int, int]) -> torch.Tensor:
@@ -75,7 +86,7 @@ def _as_wave(item: Any, sample_rate: int) -> torch.Tensor:
 
 def compute_norm_stats(
     waves_or_paths: Iterable[Any],
-    frontend: nn.Module,
+    frontend: LogMelSpectrogram,
     sample_rate: int = 16000,
     unit_sec: float | None = None,
     crop: str = "random",
@@ -83,6 +94,7 @@ def compute_norm_stats(
     batch_size: int = 64,
     skip_errors: bool = False,
     progress: bool = True,
+    max_load_sec: float = 60.0,
 ) -> NormStats:
     """Exact mean/std of ``frontend``'s log-mel values over all clips, streaming one batch at a time.
 
@@ -90,47 +102,57 @@ def compute_norm_stats(
     already at ``sample_rate``. With ``unit_sec``, each clip is cut to that length like BYOL-A's training input:
     zero-padded at the end when shorter, cropped when longer (``crop``: ``"random"``, BYOL-A's choice, seeded per
     clip by ``(seed, index)``; ``"start"``; ``"center"``). Consecutive clips of equal length are run through the
-    front end together (up to ``batch_size``). Moments are accumulated in float64 per clip and merged in order
-    (Chan et al.), so the result does not depend on batching beyond the front end's own float32 rounding.
+    front end together (up to ``batch_size``). Without ``unit_sec``, files longer than ``max_load_sec`` are streamed
+    (:func:`byola.audio.stream_audio` and :meth:`LogMelSpectrogram.stream`), so memory does not grow with a file's
+    length. Moments are accumulated in float64 per clip (or chunk) and merged in order (Chan et al.), so the result
+    does not depend on batching beyond the front end's own float32 rounding.
 
     A bad file raises :class:`AudioError`; with ``skip_errors=True`` bad files are left out and reported in one
     warning at the end.
     """
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    if sample_rate != frontend.sample_rate:
+        raise ValueError(f"sample_rate {sample_rate} differs from the front end's {frontend.sample_rate}")
     if unit_sec is not None and unit_sec <= 0:
         raise ValueError(f"unit_sec must be positive, got {unit_sec}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size < 1 or max_load_sec <= 0:
+        raise ValueError(f"need batch_size >= 1 and max_load_sec > 0, got {batch_size}, {max_load_sec}")
     device = next(iter(frontend.buffers()), torch.empty(0)).device
     unit = None if unit_sec is None else round(unit_sec * sample_rate)
     moments, errors = _Moments(), []
 
     def flush(batch: list[torch.Tensor]) -> None:
         with torch.inference_mode():
-            lms = frontend(torch.stack(batch).to(device)).double().flatten(1)
-        n = lms.shape[1]
-        means = lms.mean(dim=1)
-        m2s = (lms - means[:, None]).square().sum(dim=1)
-        for mean, m2 in zip(means.tolist(), m2s.tolist()):
-            moments.add(n, mean, m2)
+            moments.add_rows(frontend(torch.stack(batch).to(device)))
         batch.clear()
 
-    def waves() -> Iterator[torch.Tensor]:
-        total = len(waves_or_paths) if hasattr(waves_or_paths, "__len__") else None
-        bar = tqdm(waves_or_paths, total=total, desc="norm stats", unit="clip", disable=not progress)
-        for index, item in enumerate(bar):
-            try:
-                wave = _as_wave(item, sample_rate)
-            except AudioError as e:
-                if not skip_errors:
-                    raise
-                errors.append(e)
-                continue
-            yield wave if unit is None else _crop_or_pad(wave, unit, crop, (seed, index))
+    def streamed(path: str | os.PathLike) -> _Moments:
+        clip = _Moments()
+        with torch.inference_mode():
+            for chunk in frontend.stream(stream_audio(path, sample_rate, block_seconds=max_load_sec)):
+                clip.add_rows(chunk[None])
+        return clip
 
+    total = len(waves_or_paths) if hasattr(waves_or_paths, "__len__") else None
+    bar = tqdm(waves_or_paths, total=total, desc="norm stats", unit="clip", disable=not progress)
     batch: list[torch.Tensor] = []
-    for wave in waves():
+    for index, item in enumerate(bar):
+        try:
+            if unit is None and isinstance(item, (str, os.PathLike)) and audio_duration(item) > max_load_sec:
+                clip = streamed(item)  # before flushing: a bad file must leave no trace
+                if batch:
+                    flush(batch)
+                moments.add(clip.n, clip.mean, clip.m2)
+                continue
+            wave = _as_wave(item, sample_rate)
+        except AudioError as e:
+            if not skip_errors:
+                raise
+            errors.append(e)
+            continue
+        if unit is not None:
+            wave = _crop_or_pad(wave, unit, crop, (seed, index))
         if batch and (wave.numel() != batch[0].numel() or len(batch) == batch_size):
             flush(batch)
         batch.append(wave)

@@ -230,3 +230,12 @@ def test_checkpoint_without_stats_uses_inputs(ckpt, tmp_path, corpus):
     stats = model.fit_norm_stats([corpus["a"], corpus["b"], corpus["bad_text"]])
     assert np.isfinite(stats.mean) and stats.std > 0
     assert model.embed_batch(torch.zeros(1, 16000)).shape == (1, 64)
+
+
+def test_frontend_backends_give_the_same_embeddings(ckpt):
+    waves = torch.stack([torch.from_numpy(_tone(1.0, seed=s, freq=200 + 100 * s)) for s in range(3)])
+    default = byola.load(ckpt).embed_batch(waves)
+    trained_with = byola.load(ckpt, frontend_backend=None)
+    assert trained_with.frontend.backend == "nnaudio"
+    other = trained_with.embed_batch(waves)
+    assert ((default - other).abs().max() / other.abs().max()).item() < 1e-3

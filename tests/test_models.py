@@ -147,7 +147,8 @@ def test_fold_and_swap_rewrite_structure():
 
 
 @pytest.mark.parametrize("cls", [AudioNTT2020, AudioNTT2022])
-@pytest.mark.parametrize("options", [{}, {"channels_last": False}, {"reorder_pool": False, "fold_bn": False}])
+@pytest.mark.parametrize("options", [{}, {"channels_last": False}, {"reorder_pool": False, "fold_bn": False},
+                                     {"micro_batch": 3}])
 def test_optimized_matches_plain(cls, options):
     model = randomize_bn(cls(n_mels=32, d=1024 if cls is AudioNTT2022 else 128)).eval()
     fast = optimize_for_inference(model, **options)
@@ -158,6 +159,13 @@ def test_optimized_matches_plain(cls, options):
             assert a.shape == b.shape
             assert (a - b).abs().max() <= 1e-4 * a.abs().max()
     assert fast.frame_hop == model.frame_hop and fast.config() == model.config()
+
+
+def test_micro_batch_is_validated_and_leaves_original_alone():
+    model = AudioNTT2020(d=64)
+    assert optimize_for_inference(model, micro_batch=8).micro_batch == 8 and model.micro_batch is None
+    with pytest.raises(ValueError, match="micro_batch"):
+        optimize_for_inference(model, micro_batch=0)
 
 
 def test_channels_last_propagates_through_convs():

@@ -110,18 +110,27 @@ def test_least_squares_ridge_closed_form():
 
 def test_neumann_formula_and_exact_when_sigma_is_identity():
     z, zt = batch(b=32, d=6, seed=2)
-    pred = NeumannPredictor(6)
-    pred.update(z, zt)
     zd, ztd = z.double(), zt.double()
     sigma, cross = zd.T @ zd / 32, zd.T @ ztd / 32
+    pred = NeumannPredictor(6, normalize="none")
+    pred.update(z, zt)
     assert rel_err(pred.matrix.T, 2 * cross - sigma @ cross) < 1e-5
-    # Columns orthogonal with Σ = ZᵀZ/b = I: the expansion is exact and equals least squares.
-    q, _ = torch.linalg.qr(torch.randn(32, 6, dtype=torch.float64))
-    zi = q * 32 ** 0.5
     pred = NeumannPredictor(6)
-    pred.update(zi.float(), zt)
-    w = torch.linalg.lstsq(zi, zt.double()).solution
-    assert rel_err(pred.matrix.T, w) < 1e-5
+    pred.update(z, zt)
+    lam = torch.linalg.eigvalsh(sigma)[-1]
+    assert rel_err(pred.matrix.T, (2 * cross - sigma / lam @ cross) / lam) < 1e-5
+    # Columns orthogonal with Σ = ZᵀZ/b = I (plain) or = 3I (spectral): the expansion equals least squares.
+    q, _ = torch.linalg.qr(torch.randn(32, 6, dtype=torch.float64))
+    for normalize, scale in (("none", 1.0), ("spectral", 3.0)):
+        zi = q * (32 * scale) ** 0.5
+        pred = NeumannPredictor(6, normalize=normalize)
+        pred.update(zi.float(), zt)
+        assert rel_err(pred.matrix.T, torch.linalg.lstsq(zi, zt.double()).solution) < 1e-5
+    # The spectral form keeps every factor 2 − λᵢ/λ positive: no direction is flipped, even for a large Σ.
+    big = z * 10
+    pred = NeumannPredictor(6)
+    pred.update(big, big)
+    assert (torch.linalg.eigvalsh(0.5 * (pred.matrix + pred.matrix.T)) > 0).all()
 
 
 def test_directpred_eigenvalues_and_eigenvectors():

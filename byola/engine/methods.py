@@ -94,7 +94,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
                pairs=((0, 0, 1), (1, 0, 0), (0, 1, 2), (2, 1, 0)), pair_weights=(0.5, 0.5, 0.5, 0.5),
                target_update="alternate"),
     _closed_form("lstsq", "least-squares predictor (Σ + αI)⁻¹C"),
-    _closed_form("neumann", "Neumann-expansion predictor 2C − ΣC"),
+    _closed_form("neumann", "Neumann-expansion predictor (2C − (Σ/λ)C)/λ, λ = max eigenvalue of Σ"),
     _closed_form("directpred", "DirectPred: normalized square roots of the EMA(Σ) eigenvalues + ε"),
     _closed_form("directcopy", "DirectCopy: EMA(Σ)/‖EMA(Σ)‖ + εI"),
     _closed_form("visser", "Visser iteration toward √Σ"),

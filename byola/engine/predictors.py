@@ -179,11 +179,14 @@ class ClosedFormPredictor(nn.Module):
 
 class LeastSquaresPredictor(ClosedFormPredictor):
     """``W = (ZᵀZ + αbI)⁻¹ZᵀZ' = (Σ + αI)⁻¹C`` (the ``b`` cancels), ``P = Wᵀ``. Solved with
-    ``torch.linalg.solve_ex`` (no host sync); ``b < d`` makes Σ singular, hence a small default ridge."""
+    ``torch.linalg.solve_ex`` (no host sync). Default ridge ``α = 0.1`` (ours): ``b < d`` makes Σ singular, and
+    a near-exact in-batch fit (α = 1e-3) left almost no training signal in benchmarks/engine_methods_digits.py
+    (probe at random-init level), while α = 0.1 learned. α is absolute: BYOL projections at init have per-dim
+    variance ≈ 0.17 (PyTorch's Linear init), the scale this default was chosen at."""
 
     uses_cross = True
 
-    def __init__(self, dim: int, ridge: float = 1e-3, **kwargs: Any):
+    def __init__(self, dim: int, ridge: float = 0.1, **kwargs: Any):
         super().__init__(dim, ridge=ridge, **kwargs)
 
     def solve(self, sigma: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
@@ -191,14 +194,28 @@ class LeastSquaresPredictor(ClosedFormPredictor):
 
 
 class NeumannPredictor(ClosedFormPredictor):
-    """First-order Neumann expansion of the least-squares predictor, ``(ZᵀZ)⁻¹ ≈ 2I − ZᵀZ``:
-    ``W = 2C − ΣC`` with both products scaled by ``1/b`` (``Σ = ZᵀZ/b``, ``C = ZᵀZ'/b``); ``P = Wᵀ``.
-    Exact when Σ = I; a good approximation when Σ is close to I."""
+    """First-order Neumann expansion of the least-squares predictor, ``Σ⁻¹ ≈ 2I − Σ`` (valid for
+    ``‖I − Σ‖ < 1``). Scaling: both products carry ``1/b`` (``Σ = ZᵀZ/b``, ``C = ZᵀZ'/b``).
+
+    ``normalize="spectral"`` (default, ours): expand around the largest eigenvalue ``λ``,
+    ``Σ⁻¹ ≈ (2I − Σ/λ)/λ``, so ``W = (2C − (Σ/λ)C)/λ``; all factors ``2 − λᵢ/λ`` lie in [1, 2), and the result
+    is exact when Σ is isotropic. ``normalize="none"``: the plain ``W = 2C − ΣC`` (exact when Σ = I; it flips
+    directions whose eigenvalue exceeds 2, which made training diverge in benchmarks/engine_methods_digits.py).
+    ``P = Wᵀ``."""
 
     uses_cross = True
 
+    def __init__(self, dim: int, normalize: str = "spectral", **kwargs: Any):
+        super().__init__(dim, **kwargs)
+        if normalize not in ("spectral", "none"):
+            raise ValueError(f"normalize must be 'spectral' or 'none', got {normalize!r}")
+        self.normalize = normalize
+
     def solve(self, sigma: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-        return (2 * cross - sigma @ cross).T
+        if self.normalize == "none":
+            return (2 * cross - sigma @ cross).T
+        lam = torch.linalg.eigvalsh(sigma)[-1].abs().clamp_min(torch.finfo(sigma.dtype).tiny)
+        return ((2 * cross - (sigma / lam) @ cross) / lam).T
 
 
 class DirectPredPredictor(ClosedFormPredictor):

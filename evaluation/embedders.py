@@ -1,0 +1,88 @@
+"""The embedding interface the protocol drives, and the log-mel statistics baseline.
+
+Any object with these members can be evaluated (byola's ``Embedder`` is wrapped by the CLI to fit it):
+
+- ``name: str`` — identifies the weights and configuration (part of the embedding cache key: change it whenever
+  the embeddings would change, e.g. a checkpoint's content hash plus its frontend config).
+- ``sample_rate: int`` — rate of the waveforms it expects (16000 for byola models).
+- ``fit_norm(clips: Iterable[Tensor[T]]) -> dict | None`` — computes exact normalization statistics from the
+  given clips (the training split of the current fold, already cropped to ``unit_sec``), uses them for later
+  ``embed_clips`` calls and returns them JSON-able (stored next to the cached embeddings), or returns ``None``
+  without reading the clips when it does not normalize.
+- ``embed_clips(waves: Tensor[B, T]) -> Tensor[B, D]`` — one embedding per clip.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class ClipEmbedder(Protocol):
+    name: str
+    sample_rate: int
+
+    def fit_norm(self, clips: Iterable[torch.Tensor]) -> dict | None: ...
+
+    def embed_clips(self, waves: torch.Tensor) -> torch.Tensor: ...
+
+
+EmbedderFactory = Callable[[], ClipEmbedder]
+
+
+class LogMelStatsEmbedder:
+    """Baseline: per-mel mean and standard deviation over time of the clip's log-mel spectrogram (``2 * n_mels``).
+
+    No pre-normalization: a global affine change of the log-mel moves these features by an affine map that the
+    probe's standardization undoes, so ``fit_norm`` returns ``None``. ``frontend`` defaults to byola's
+    ``LogMelSpectrogram()`` (BYOL-A's 64-mel settings); any module mapping ``[B, T] -> [B, F, frames]`` works.
+    """
+
+    def __init__(self, frontend: nn.Module | None = None, sample_rate: int = 16000, device: str | None = None):
+        if frontend is None:
+            from byola.frontend import LogMelSpectrogram
+
+            frontend = LogMelSpectrogram(sample_rate=sample_rate)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.frontend = frontend.to(self.device).eval()
+        self.sample_rate = sample_rate
+        config = frontend.config() if hasattr(frontend, "config") else {"module": type(frontend).__name__}
+        self.name = "logmel-stats:" + ",".join(f"{k}={v}" for k, v in sorted(config.items()))
+
+    def fit_norm(self, clips: Iterable[torch.Tensor]) -> None:
+        return None
+
+    @torch.no_grad()
+    def embed_clips(self, waves: torch.Tensor) -> torch.Tensor:
+        mel = self.frontend(waves.to(self.device, torch.float32))
+        return torch.cat([mel.mean(dim=-1), mel.std(dim=-1)], dim=1)
+
+
+class ModelEmbedder:
+    """Adapter from a byola model (``byola.embed.Embedder``: ``frontend``, ``sample_rate``,
+    ``set_norm_stats(NormStats)``, ``embed_batch(waves) -> [B, D]``) to the evaluation interface.
+
+    ``fold_norm=True`` (EVAR's protocol): pre-normalization statistics are computed exactly from each fold's
+    training clips with ``byola.norm.compute_norm_stats``; ``False`` keeps the model's own (checkpoint) statistics,
+    and ``name`` must then identify them. ``name`` is the cache identity, e.g. ``"ckpt:" + sha256[:16]``.
+    """
+
+    def __init__(self, model, name: str, fold_norm: bool = True, batch_size: int = 64):
+        self.model, self.fold_norm, self.batch_size = model, fold_norm, batch_size
+        self.sample_rate = int(model.sample_rate)
+        self.name = f"{name}|norm={'fold' if fold_norm else 'model'}"
+
+    def fit_norm(self, clips: Iterable[torch.Tensor]) -> dict | None:
+        if not self.fold_norm:
+            return None
+        from byola.norm import compute_norm_stats
+
+        stats = compute_norm_stats(clips, self.model.frontend, sample_rate=self.sample_rate,
+                                   batch_size=self.batch_size, progress=False)
+        self.model.set_norm_stats(stats)
+        return stats.to_dict()
+
+    def embed_clips(self, waves: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_batch(waves)

@@ -1,0 +1,260 @@
+"""The evaluation protocol for one task, and ``evaluate`` over tasks and embedders.
+
+Per task and fold: every clip is cropped or zero-padded to ``unit_sec`` (train/valid clips at a random offset drawn
+once per clip from ``crop_seed``, test clips from the start); the embedder's normalization statistics are computed
+exactly from that fold's (cropped) training clips; all clips are embedded once into a memory-mapped ``.npy``
+cache keyed by (embedder name, task content, unit_sec, crop seed, fold roles), written atomically and reused on
+rerun; then the probe runs over the grid and the seeds (see ``probe``), the grid value is chosen on validation,
+and the task score is the mean ± std over seeds of the fold-averaged test score.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .embedders import ClipEmbedder, EmbedderFactory
+from .probe import ProbeConfig, Trial, choose, make_fold_data, run_trials
+from .tasks import Fold, Task, load_task
+
+AudioLoader = Callable[[Path, int], torch.Tensor]
+
+
+def default_audio_loader(path: Path, sample_rate: int) -> torch.Tensor:
+    """byola's decoder (soundfile, mono, resampled): ``byola.audio.load_audio``."""
+    from byola.audio import load_audio
+
+    return load_audio(path, sample_rate=sample_rate)
+
+
+def crop_or_pad(wave: torch.Tensor, length: int, offset_fraction: float | None) -> torch.Tensor:
+    """``length`` samples of a 1-D wave: from the start (``offset_fraction`` None) or at offset
+    ``floor(offset_fraction * (len - length + 1))``; shorter waves are zero-padded at the end."""
+    excess = wave.shape[-1] - length
+    if excess < 0:
+        return torch.nn.functional.pad(wave, (0, -excess))
+    start = 0 if offset_fraction is None else int(offset_fraction * (excess + 1))
+    return wave[start:start + length]
+
+
+class ClipDataset(Dataset):
+    """Decoded, cropped clips of a task's rows (``offsets[i]`` None = from the start)."""
+
+    def __init__(self, files: Sequence[Path], rows: np.ndarray, offsets: Sequence[float | None], length: int,
+                 sample_rate: int, loader: AudioLoader):
+        self.files, self.rows, self.offsets = files, rows, offsets
+        self.length, self.sample_rate, self.loader = length, sample_rate, loader
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        row = self.rows[i]
+        wave = self.loader(self.files[row], self.sample_rate)
+        return crop_or_pad(wave.float(), self.length, self.offsets[row])
+
+
+@dataclass
+class TaskResult:
+    """One task scored with one embedder; ``score``/``std`` in percent (accuracy or mAP)."""
+
+    task: str
+    metric: str
+    score: float
+    std: float
+    n_train: int
+    n_valid: int
+    n_test: int
+    checkpoint: str
+    seed_count: int
+    lr: float | None
+    probe: str
+    hyper_name: str
+    hyper: float
+    n_folds: int
+    n_classes: int
+    unit_sec: float
+    seed_scores: list[float]
+    valid_score: float
+    lr_grid: list[float]
+    wall_sec: float
+    cache_hits: int
+    label: str = ""
+    warnings: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list, repr=False)
+    y_true: list[int] = field(default_factory=list, repr=False)
+    y_pred: list[int] = field(default_factory=list, repr=False)
+
+    def row(self) -> dict:
+        """The results.csv row (no per-clip data)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("classes", "y_true", "y_pred")}
+
+
+def _slug(text: str, n: int = 48) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:n].strip("_") or "embedder"
+
+
+def _digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def embed_fold(task: Task, fold: Fold, embedder: ClipEmbedder, cache_dir: Path, *, crop_seed: int = 0,
+               batch_size: int = 64, num_workers: int = 0, audio_loader: AudioLoader | None = None,
+               progress: bool = True) -> tuple[np.ndarray, dict, bool]:
+    """Embeddings ``[N, D]`` of all the task's clips as this fold crops them (read-only memmap), the cache
+    metadata (incl. normalization stats) and whether the cache was reused.
+
+    The cache file is written through ``np.lib.format.open_memmap`` batch by batch, so no more than one batch is
+    held in RAM, under a temporary name that is renamed into place only once complete.
+    """
+    loader = audio_loader or default_audio_loader
+    sr = embedder.sample_rate
+    length = int(round(task.unit_sec * sr))
+    key_fields = {"embedder": embedder.name, "task": task.name, "csv": task.fingerprint, "unit_sec": task.unit_sec,
+                  "sample_rate": sr, "crop_seed": crop_seed, "fold": fold.name,
+                  "roles": [_digest(fold.train.tolist()), _digest(fold.valid.tolist()), _digest(fold.test.tolist())]}
+    key = _digest(key_fields)
+    path = Path(cache_dir) / _slug(task.name) / f"{_slug(embedder.name)}-{fold.name}-{key[:16]}.npy"
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == key:
+            return np.load(path, mmap_mode="r"), meta, True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fractions = np.random.default_rng(crop_seed).random(len(task))
+    offsets: list[float | None] = [float(f) for f in fractions]
+    for i in fold.test:
+        offsets[i] = None
+
+    def batches(rows: np.ndarray) -> DataLoader:
+        return DataLoader(ClipDataset(task.files, rows, offsets, length, sr, loader), batch_size=batch_size,
+                          num_workers=num_workers)
+
+    def train_clips() -> Iterator[torch.Tensor]:
+        for batch in batches(fold.train):
+            yield from batch
+
+    stats = embedder.fit_norm(train_clips())
+    meta = {"key": key, **key_fields, "norm_stats": stats, "n": len(task)}
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    array = None
+    start = 0
+    try:
+        for batch in tqdm(batches(np.arange(len(task))), desc=f"{task.name} {fold.name}: embed", unit="batch",
+                          disable=not progress, leave=False):
+            emb = embedder.embed_clips(batch).detach().float().cpu().numpy()
+            if array is None:
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(task), emb.shape[1]))
+            array[start:start + len(emb)] = emb
+            start += len(emb)
+        array.flush()
+        del array
+        meta["dim"] = int(np.load(tmp, mmap_mode="r").shape[1])
+        meta_tmp = meta_path.with_name(meta_path.name + f".tmp{os.getpid()}")
+        meta_tmp.write_text(json.dumps(meta, indent=1, default=str))
+        os.replace(meta_tmp, meta_path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return np.load(path, mmap_mode="r"), meta, False
+
+
+def run_task(task: Task, embedder: ClipEmbedder, cache_dir: str | os.PathLike, *, seeds: Sequence[int] = (0, 1, 2),
+             probe: ProbeConfig = ProbeConfig(), crop_seed: int = 0, split_seed: int = 0,
+             valid_fraction: float = 0.1, batch_size: int = 64, num_workers: int = 0,
+             audio_loader: AudioLoader | None = None, progress: bool = True) -> TaskResult:
+    """Score one task with one embedder (see the module docstring for the protocol)."""
+    t0 = time.perf_counter()
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError("at least one seed is needed")
+    y = task.targets()
+    folds = task.folds(valid_fraction, split_seed)
+    warnings: list[str] = []
+    per_fold: list[list[Trial]] = []
+    hits = 0
+    for fold in tqdm(folds, desc=f"{task.name}", unit="fold", disable=not progress or len(folds) == 1):
+        emb, _, hit = embed_fold(task, fold, embedder, Path(cache_dir), crop_seed=crop_seed, batch_size=batch_size,
+                                 num_workers=num_workers, audio_loader=audio_loader, progress=progress)
+        hits += hit
+        data = make_fold_data(emb[fold.train], y[fold.train], emb[fold.valid], y[fold.valid], emb[fold.test],
+                              y[fold.test], task.classes, task.metric)
+        per_fold.append(run_trials(data, probe, seeds, progress=progress))
+        warnings += [f"{fold.name}: {w}" for w in fold.warnings + data.warnings]
+    chosen = choose(per_fold)
+    if len(probe.grid) > 1 and chosen in (min(probe.grid), max(probe.grid)):
+        warnings.append(f"chosen {probe.hyper_name}={chosen:g} is at the edge of the grid {list(probe.grid)}")
+    used_seeds = seeds[:1] if probe.kind == "knn" else seeds
+    picked: list[list[Trial]] = []
+    for fold, trials in zip(folds, per_fold):
+        match = [t for t in trials if t.hyper == chosen]
+        if not match:
+            warnings.append(f"{fold.name}: chosen {probe.hyper_name}={chosen} not run here; used {trials[0].hyper}")
+            match = [t for t in trials if t.hyper == trials[0].hyper]
+        picked.append(match)
+    seed_scores = [100 * float(np.mean([next(t for t in m if t.seed == s).test_score for m in picked]))
+                   for s in used_seeds]
+    valid_score = 100 * float(np.nanmean([t.valid_score for m in picked for t in m] or [np.nan]))
+    y_true = [int(v) for fold in folds for v in y[fold.test]] if not task.multilabel else []
+    y_pred = [int(v) for m in picked for v in m[0].test_pred] if not task.multilabel else []
+    return TaskResult(
+        task=task.name, metric=task.metric, score=float(np.mean(seed_scores)),
+        std=float(np.std(seed_scores, ddof=1)) if len(seed_scores) > 1 else 0.0,
+        n_train=int(round(np.mean([len(f.train) for f in folds]))),
+        n_valid=int(round(np.mean([len(f.valid) for f in folds]))),
+        n_test=int(sum(len(f.test) for f in folds)), checkpoint=embedder.name, seed_count=len(used_seeds),
+        lr=None if probe.kind == "knn" else float(chosen), probe=probe.kind, hyper_name=probe.hyper_name,
+        hyper=float(chosen), n_folds=len(folds), n_classes=len(task.classes), unit_sec=task.unit_sec,
+        seed_scores=seed_scores, valid_score=valid_score, lr_grid=[float(v) for v in probe.grid],
+        wall_sec=time.perf_counter() - t0, cache_hits=hits, warnings=warnings, classes=list(task.classes),
+        y_true=y_true, y_pred=y_pred)
+
+
+def evaluate(tasks: Iterable[str | os.PathLike | Task], embedder_factory: EmbedderFactory | None,
+             out_dir: str | os.PathLike, *, baselines: Mapping[str, EmbedderFactory] | None = None,
+             data_root: str | os.PathLike | None = None, unit_sec: float | None = None, metric: str | None = None,
+             seeds: Sequence[int] = (0, 1, 2), probe: str | ProbeConfig = "linear",
+             cache_dir: str | os.PathLike | None = None, crop_seed: int = 0, split_seed: int = 0,
+             valid_fraction: float = 0.1, batch_size: int = 64, num_workers: int = 0,
+             audio_loader: AudioLoader | None = None, progress: bool = True) -> list[TaskResult]:
+    """Score every task with the embedder from ``embedder_factory`` and each of ``baselines`` (label → factory;
+    the main embedder is labelled by its ``name``), writing ``out_dir``/results.csv, results.md, results.json and
+    confusion/<label>/<task>.png after each task.
+
+    Tasks are built-in names or CSV paths (``unit_sec``/``metric`` override their spec). Embedding caches go to
+    ``cache_dir`` (default ``out_dir/cache``). Returns the results in order (embedder-major).
+    """
+    from .report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = [t if isinstance(t, Task) else load_task(t, unit_sec, metric, data_root) for t in tasks]
+    if not loaded:
+        raise ValueError("no tasks given")
+    cfg = probe if isinstance(probe, ProbeConfig) else ProbeConfig(kind=probe)
+    factories = ([(None, embedder_factory)] if embedder_factory is not None else []) + list((baselines or {}).items())
+    if not factories:
+        raise ValueError("nothing to evaluate: give an embedder_factory and/or baselines")
+    results: list[TaskResult] = []
+    for label, factory in factories:
+        embedder = factory()
+        for task in loaded:
+            result = run_task(task, embedder, cache_dir or out / "cache", seeds=seeds, probe=cfg,
+                              crop_seed=crop_seed, split_seed=split_seed, valid_fraction=valid_fraction,
+                              batch_size=batch_size, num_workers=num_workers, audio_loader=audio_loader,
+                              progress=progress)
+            result.label = label or embedder.name
+            results.append(result)
+            write_report(results, out, plot=[result])
+    return results
