@@ -20,6 +20,7 @@ final model: ``byola embed --checkpoint OUT/model.safetensors``).
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
 import logging
 import math
@@ -52,7 +53,7 @@ __all__ = ["pretrain", "resolve_config", "load_recipe", "RECIPES_DIR", "RunningN
 
 log = logging.getLogger(__name__)
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = Path(str(importlib.resources.files("byola.recipes")))  # the repository's recipes/ folder
 # Sections whose keys are passed through as keyword arguments: overrides may add keys there.
 _OPEN_SECTIONS = ("model", "method", "optim")
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}

@@ -1,0 +1,1 @@
+"""Pretraining recipes (YAML), installed as `byola.recipes`; `byola pretrain --recipe NAME` reads NAME.yaml."""
