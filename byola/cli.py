@@ -28,7 +28,8 @@ class Commands:
 
     def embed(self, *inputs: str, checkpoint: str | None = None, out: str = "byola_embeddings",
               frames: bool = False, device: str = "cpu", batch_size: int = 64, num_workers: int = 1,
-              norm_stats: str | None = None, frontend_backend: str = "torchaudio", progress: bool = True) -> None:
+              norm_stats: str | None = None, frontend_backend: str = "torchaudio", compile: bool = False,
+              progress: bool = True) -> None:
         """Embed audio files, folders (recursive) and text files listing paths.
 
         Writes OUT/embeddings.npy (float32, one row per embedded file) and OUT/index.csv
@@ -46,6 +47,7 @@ class Commands:
                 weights), they are otherwise computed exactly from the inputs in a first pass.
             frontend_backend: log-mel backend: torchaudio (default; equal to the others within 4e-4 nats and the
                 fastest on CPU), nnaudio, librosa, or "checkpoint" for the one the model was trained with.
+            compile: torch.compile the encoder (worth it for long jobs of equal-length clips).
             progress: show a progress bar.
         """
         from .embed import collect_inputs, load
@@ -59,7 +61,8 @@ class Commands:
         if not files:
             raise SystemExit("byola embed: no audio files found in the inputs")
         embedder = load(checkpoint, device=device, norm_stats=_parse_stats(norm_stats),
-                        frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend)
+                        frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend,
+                        compile=compile)
         if embedder.norm_stats is None:
             print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs",
                   file=sys.stderr)
