@@ -432,9 +432,12 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
                 record_error(file, error)
             elif wave is None:  # long file: stream it
                 try:
-                    chunks = list(embedder._stream_frame_embeddings(stream_audio(file, embedder.sample_rate)))
-                    clip = pool_frames(chunks)
-                    record_ok(file, clip, torch.cat(chunks) if frames else None, audio_duration(file))
+                    stream = embedder._stream_frame_embeddings(stream_audio(file, embedder.sample_rate))
+                    if frames:  # frame embeddings are written whole; clip embeddings pool on the fly
+                        chunks = list(stream)
+                        record_ok(file, pool_frames(chunks), torch.cat(chunks), audio_duration(file))
+                    else:
+                        record_ok(file, pool_frames(stream), None, audio_duration(file))
                 except Exception as err:
                     record_error(file, str(err) if isinstance(err, AudioError) else
                                  f"{file}: {type(err).__name__}: {err}")
