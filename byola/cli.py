@@ -99,7 +99,7 @@ class Commands:
     def evaluate(self, *tasks: str, checkpoint: str | None = None, out: str = "byola_eval", baselines: bool = False,
                  probe: str = "linear", seeds: int = 3, data_root: str | None = None, unit_sec: float | None = None,
                  device: str = "cpu", batch_size: int = 64, num_workers: int = 1, fold_norm: bool = True,
-                 progress: bool = True) -> None:
+                 cache_dir: str | None = None, progress: bool = True) -> None:
         """Score frozen embeddings on downstream tasks; writes OUT/results.csv, OUT/results.md and confusion plots.
 
         Args:
@@ -116,6 +116,7 @@ class Commands:
             num_workers: DataLoader workers decoding audio.
             fold_norm: normalization statistics from each fold's training clips (EVAR's protocol); False keeps the
                 checkpoint's own.
+            cache_dir: where embeddings are cached (default OUT/cache); share it between reports to reuse them.
             progress: show progress bars.
         """
         from .embed import load
@@ -136,7 +137,7 @@ class Commands:
         extra = {"random-init": model_factory(random_init=0), "logmel-stats": LogMelStatsEmbedder} if baselines else {}
         evaluate(list(tasks), model_factory(), out, baselines=extra, data_root=data_root, unit_sec=unit_sec,
                            seeds=tuple(range(seeds)), probe=probe, batch_size=batch_size, num_workers=num_workers,
-                           progress=progress)
+                           cache_dir=cache_dir, progress=progress)
         print((Path(out) / "results.md").read_text())
 
     def prepare(self, task: str, src: str, out: str, num_workers: int = 2, **options) -> None:
