@@ -131,7 +131,9 @@ class Commands:
                 model = load(checkpoint, device=device, random_init=random_init)
                 if not fold_norm and model.norm_stats is None:
                     raise SystemExit("byola evaluate: --fold_norm False needs a checkpoint with statistics")
-                return ModelEmbedder(model, name=model.checkpoint_id[:23], fold_norm=fold_norm, batch_size=batch_size)
+                name = model.checkpoint_id if random_init is not None else \
+                    f"{Path(model.checkpoint_path).stem}@{model.checkpoint_id[7:19]}"
+                return ModelEmbedder(model, name=name, fold_norm=fold_norm, batch_size=batch_size)
             return factory
 
         extra = {"random-init": model_factory(random_init=0), "logmel-stats": LogMelStatsEmbedder} if baselines else {}
