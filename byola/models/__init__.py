@@ -4,11 +4,13 @@ from __future__ import annotations
 from torch import nn
 
 from byola.models.audio import AudioNTT2020, AudioNTT2022
+from byola.models.image import IMAGE_ENCODERS, ResNet18, ResNet18CIFAR, ResNet50, SmallCNN
 from byola.models.inference import optimize_for_inference
 
 ENCODERS: dict[str, type[nn.Module]] = {
     "AudioNTT2020": AudioNTT2020,
     "AudioNTT2022": AudioNTT2022,
+    **IMAGE_ENCODERS,  # resnet18_cifar, resnet18, resnet50, small_cnn
 }
 
 
@@ -22,4 +24,5 @@ def build_encoder(name: str, **params) -> nn.Module:
     return cls(**params)
 
 
-__all__ = ["ENCODERS", "build_encoder", "optimize_for_inference", "AudioNTT2020", "AudioNTT2022"]
+__all__ = ["ENCODERS", "build_encoder", "optimize_for_inference", "AudioNTT2020", "AudioNTT2022", "ResNet18CIFAR",
+           "ResNet18", "ResNet50", "SmallCNN"]
