@@ -383,7 +383,8 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
         progress = bool(tcfg.get("progress", True)) and info.is_main
         method_cfg = dict(cfg["method"])
         method_name = method_cfg.pop("name")
-        spec = get_method(method_name, **{k: method_cfg[k] for k in ("view_augmentations",) if k in method_cfg})
+        spec = get_method(method_name, **{k: method_cfg[k] for k in ("view_augmentations", "backbone_norm",
+                                                                    "weight_standardization") if k in method_cfg})
         generator = torch.Generator(device=device).manual_seed(seed * 1000 + info.rank)
         if modality == "audio":
             mod = _audio_modality(cfg, sources, spec, out_dir, seed, generator, resume, progress)
@@ -392,8 +393,9 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
 
         # The model is built from the same seed on every rank (DDP also broadcasts rank 0's weights).
         torch.manual_seed(seed)
-        mcfg = {**mod.encoder_defaults, **cfg["model"]}
-        encoder = build_encoder(mcfg.pop("name"), **mcfg)
+        mcfg = {**mod.encoder_defaults, "backbone_norm": spec.backbone_norm,
+                "weight_standardization": spec.weight_standardization, **cfg["model"]}
+        encoder = build_encoder(mcfg.pop("name"), **mcfg)  # BN-free specs: the exported config records the norm
         engine = build_method(method_name, encoder, encoder.embed_dim, **method_cfg)
         if tcfg.get("channels_last"):
             engine.to(memory_format=torch.channels_last)
