@@ -31,7 +31,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
-from torchvision.io import write_png
+from PIL import Image
 
 from byola.audio import load_audio
 from byola.checkpoint import load_checkpoint
@@ -73,7 +73,7 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
     folder = work / "digits"
     folder.mkdir()
     for i in idx_tr:
-        write_png(images[i], str(folder / f"{i:04d}.png"))
+        Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.png")
     recipe = RECIPES / "byol_digits.yaml"
     cfg = resolve_config(recipe, {"train.steps": args.steps})
     methods = args.methods.split(",") if args.methods else list(METHODS)

@@ -11,18 +11,17 @@ from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "TorchvisionImages", "build_image_dataset"]
 
-# What torchvision.io.decode_image reads.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 class ImageFolderDataset(Dataset):
     """Every image under ``roots`` (recursive, extensions :data:`IMAGE_EXTENSIONS`, any case), decoded as RGB with
-    ``torchvision.io.decode_image`` and brought to ``size`` × ``size``: the shorter side resized to ``size``
+    PIL (torchvision.io's decoders are deprecated in favour of torchcodec, which is not a dependency) and brought to ``size`` × ``size``: the shorter side resized to ``size``
     (bilinear, antialiased), then a centre crop (``size=None`` keeps the decoded size; then all images must share
     it).
 
@@ -55,8 +54,9 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         path = self.files[i]
         try:
-            img = decode_image(str(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as e:
+            with Image.open(path) as pil:
+                img = TF.pil_to_tensor(pil.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError) as e:
             raise ValueError(f"{path}: cannot decode image: {e}") from None
         if self.size is not None:
             img = TF.center_crop(TF.resize(img, self.size, antialias=True), [self.size, self.size])
