@@ -81,19 +81,28 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
     print(f"\n## Images: digits ({len(idx_tr)} train / {len(idx_te)} test), recipe byol_digits "
           f"({cfg['model']['name']} {cfg['model']['channels']}, views {cfg['augment']['size']} px, "
           f"batch {cfg['train']['batch_size']}, {args.steps} steps), torch threads {torch.get_num_threads()}")
-    header = "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | loss first→last (seed "
-    print(header + f"{seeds[0]}) | s/run |\n|---|" + "---|" * (len(seeds) + 3))
+    header = "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | random init, same arch (mean) | "
+    print(header + f"loss first→last (seed {seeds[0]}) | s/run |\n|---|" + "---|" * (len(seeds) + 4))
     frontend = {"size": [cfg["augment"]["size"]] * 2, "mean": cfg["augment"]["mean"], "std": cfg["augment"]["std"]}
     y_tr, y_te = digits.target[idx_tr], digits.target[idx_te]
-    accs = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        mcfg = dict(cfg["model"])
-        enc = build_encoder(mcfg.pop("name"), **mcfg)
-        accs.append(probe(embed_images(enc, images[idx_tr], frontend), y_tr,
-                          embed_images(enc, images[idx_te], frontend), y_te))
-    print(f"| random init | {' | '.join(f'{a:.4f}' for a in accs)} | {np.mean(accs):.4f} | | |", flush=True)
+
+    def random_init(spec_name: str) -> list[float]:
+        """Probe accuracy of the untrained encoder with the method's backbone (BN-free methods change it)."""
+        spec, out = METHODS[spec_name], []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            mcfg = dict(cfg["model"])
+            enc = build_encoder(mcfg.pop("name"), backbone_norm=spec.backbone_norm,
+                                weight_standardization=spec.weight_standardization, **mcfg)
+            out.append(probe(embed_images(enc, images[idx_tr], frontend), y_tr,
+                             embed_images(enc, images[idx_te], frontend), y_te))
+        return out
+
+    base = random_init("byol")
+    print(f"| random init | {' | '.join(f'{a:.4f}' for a in base)} | {np.mean(base):.4f} | | | |", flush=True)
     for name in methods:
+        spec = METHODS[name]
+        same_arch = np.mean(random_init(name)) if spec.backbone_norm or spec.weight_standardization else np.mean(base)
         accs, t0, losses = [], time.perf_counter(), None
         for seed in seeds:
             run = work / f"img-{name}-{seed}"
@@ -104,7 +113,7 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
                               embed_images(encoder, images[idx_te], meta["frontend"]), y_te))
             losses = losses or final_loss(run)
         seconds = (time.perf_counter() - t0) / len(seeds)
-        print(f"| {name} | {' | '.join(f'{a:.4f}' for a in accs)} | {np.mean(accs):.4f} | "
+        print(f"| {name} | {' | '.join(f'{a:.4f}' for a in accs)} | {np.mean(accs):.4f} | {same_arch:.4f} | "
               f"{losses[0]:.3f} → {losses[1]:.3f} | {seconds:.0f} |", flush=True)
 
 

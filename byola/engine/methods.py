@@ -108,6 +108,11 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
                reference=_SLR, extra_losses=(LossTerm("cssl", 0.3),)),
     MethodSpec("byol_bnfree", "BN-free BYOL: GroupNorm in heads and backbone, weight-standardized convolutions",
                reference=_SLR, head_norm="gn", backbone_norm="gn", weight_standardization=True),
+    # Ours: with the trainable MLP predictor the BN-free heads collapse (loss -> 0) on the digits benchmark; a
+    # DirectPred predictor (set from the projections' correlation, Tian et al. 2021) keeps them apart (docs/variants.md).
+    MethodSpec("byol_bnfree_directpred", "BN-free BYOL (GroupNorm + weight standardization) with the DirectPred "
+               "closed-form predictor", reference=_SLR, head_norm="gn", backbone_norm="gn",
+               weight_standardization=True, predictor="directpred"),
     MethodSpec("byol_bnfree_ln", "BN-free BYOL: LayerNorm in heads and backbone (GroupNorm(1, C) in convs)",
                reference=_SLR, head_norm="ln", backbone_norm="ln"),
     MethodSpec("byol_bnfree_none", "BN-free BYOL: no normalization in heads and backbone", reference=_SLR,
