@@ -62,7 +62,8 @@ def final_loss(run: Path) -> tuple[float, float]:
 def embed_images(encoder: torch.nn.Module, images: torch.Tensor, frontend: dict) -> np.ndarray:
     """``images`` uint8 [N, 3, 8, 8] -> embeddings, with the checkpoint's view size and normalization."""
     x = F.interpolate(images.float() / 255.0, size=tuple(frontend["size"]), mode="bicubic", antialias=True)
-    x = (x.clamp(0, 1) - torch.tensor(frontend["mean"]).view(1, 3, 1, 1)) / torch.tensor(frontend["std"]).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(frontend[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    x = (x.clamp(0, 1) - mean) / std
     return encoder.eval()(x).numpy()
 
 
@@ -143,13 +144,15 @@ def audio_table(args: argparse.Namespace, work: Path) -> None:
     te, y_te, _ = fsdd_clips("test")
     corpus = work / "fsdd_train.txt"
     corpus.write_text("\n".join(str(p) for p in files))
-    small = {"model.name": "AudioNTT2020", "model.d": 256, "model.conv_channels": 16, "method.projector_hidden": 1024,
-             "method.projector_dim": 128, "method.predictor_hidden": 1024, "norm.max_samples": 500,
+    small = {"model.name": "AudioNTT2020", "model.d": 256, "model.conv_channels": 16,
+             "method.projector_hidden": 1024, "method.projector_dim": 128, "method.predictor_hidden": 1024,
+             "norm.max_samples": 500,
              "augment.bank_size": 512, "data.num_workers": 0, "train.steps": args.audio_steps,
              "train.progress": False, "train.checkpoint_every": 100000, "optim.lr": 3e-4}
     print(f"\n## Audio: FSDD digits ({len(tr)} train / {len(te)} test clips of 1 s), AudioNTT2020 conv 16 d 256, "
           f"heads 1024/128, Adam 3e-4, {args.audio_steps} steps, pretrained on the train clips")
-    print("| method (recipe) | batch | probe acc | random init | loss first→last | s/run |\n|---|---|---|---|---|---|")
+    print("| method (recipe) | batch | probe acc | random init | loss first→last | s/run |")
+    print("|---|---|---|---|---|---|")
     for recipe, label in (("byola_v2", "BYOL (byola_v2, byola)"), ("tribyola", "TriBYOL (tribyola)")):
         for batch in (16, 64):
             run = work / f"audio-{recipe}-{batch}"

@@ -20,10 +20,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 class ImageFolderDataset(Dataset):
-    """Every image under ``roots`` (recursive, extensions :data:`IMAGE_EXTENSIONS`, any case), decoded as RGB with
-    PIL (torchvision.io's decoders are deprecated in favour of torchcodec, which is not a dependency) and brought to ``size`` × ``size``: the shorter side resized to ``size``
-    (bilinear, antialiased), then a centre crop (``size=None`` keeps the decoded size; then all images must share
-    it).
+    """Every image under ``roots`` (recursive, extensions :data:`IMAGE_EXTENSIONS`, any case), decoded as RGB
+    with PIL (torchvision.io's decoders are deprecated in favour of torchcodec, not a dependency here) and
+    brought to ``size`` × ``size``: the shorter side resized to ``size`` (bilinear, antialiased), then a centre
+    crop (``size=None`` keeps the decoded size; then all images must share it).
 
     Labels: when every image of a root lies in a first-level subfolder, the subfolder names are the classes
     (sorted, as torchvision's ``ImageFolder``) and ``targets`` holds each item's class index; otherwise the data is

@@ -16,12 +16,13 @@ class LARS(torch.optim.Optimizer):
     """Layer-wise Adaptive Rate Scaling (You et al. 2017) on SGD with momentum, as used by BYOL.
 
     For each parameter tensor ``w`` with gradient ``g``:
-    ``trust = eta * ‖w‖ / (‖g‖ + weight_decay * ‖w‖)`` (1 when either norm is 0), ``scale = min(trust / lr, 1)``
-    when ``clip_lr`` (the local rate never exceeds the global one, solo-learn's option) else ``trust``;
+    ``trust = eta * ‖w‖ / (‖g‖ + weight_decay * ‖w‖)`` (1 when either norm is 0),
+    ``scale = min(trust / lr, 1)`` when ``clip_lr`` (the local rate never exceeds the global one, solo-learn's
+    option) else ``trust``;
     ``d = scale * (g + weight_decay * w)``; ``buf = momentum * buf + d``; ``w -= lr * buf``.
 
-    ``exclude_1d`` (default, as BYOL: "biases and batch normalization parameters are excluded from LARS adaptation
-    and weight decay"): tensors with at most one dimension take a plain momentum-SGD step without weight decay.
+    ``exclude_1d`` (default, as BYOL: "biases and batch normalization parameters are excluded from LARS
+    adaptation and weight decay"): tensors with at most one dimension take a plain momentum-SGD step, no decay.
     """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
