@@ -154,7 +154,7 @@ def audio_table(args: argparse.Namespace, work: Path) -> None:
     print("| method (recipe) | batch | probe acc | random init | loss first→last | s/run |")
     print("|---|---|---|---|---|---|")
     for recipe, label in (("byola_v2", "BYOL (byola_v2, byola)"), ("tribyola", "TriBYOL (tribyola)")):
-        for batch in (16, 64):
+        for batch in (int(b) for b in args.audio_batches.split(",")):
             run = work / f"audio-{recipe}-{batch}"
             t0 = time.perf_counter()
             model = pretrain([str(corpus)], str(RECIPES / f"{recipe}.yaml"), str(run),
@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("images", "audio", "all"), default="all")
     parser.add_argument("--steps", type=int, default=300, help="image pretraining steps per method")
     parser.add_argument("--audio_steps", type=int, default=150, help="audio pretraining steps per run")
+    parser.add_argument("--audio_batches", default="16,64", help="comma-separated audio batch sizes")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds of the image runs")
     parser.add_argument("--methods", default="", help="comma-separated methods (default: all registered)")
     parser.add_argument("--threads", type=int, default=1)
