@@ -157,7 +157,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     meta, state = _read(path, tensors=True)
     enc = meta["encoder"]
     try:
-        encoder = build_encoder(enc["name"], **enc["params"])
+        # Built on the meta device: nothing is allocated until the file's tensors are checked and assigned, so
+        # tampered sizes in the metadata cannot make us allocate huge parameters.
+        with torch.device("meta"):
+            encoder = build_encoder(enc["name"], **enc["params"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(path, f"cannot build {enc['name']} with params {enc['params']}: {e}") from None
     _load_state(path, encoder, state)
@@ -181,7 +184,7 @@ def _load_state(path: str | os.PathLike, encoder: nn.Module, state: Mapping[str,
     if problems:
         name = encoder.config()["name"] if hasattr(encoder, "config") else type(encoder).__name__
         raise CheckpointError(path, f"weights do not fit {name}: " + "; ".join(problems))
-    encoder.load_state_dict(state, strict=True)
+    encoder.load_state_dict(state, strict=True, assign=True)
 
 
 _ENCODER_KEY = re.compile(r"^(.*?)((?:features|fc)\..*)$")

@@ -28,7 +28,8 @@ class Commands:
 
     def embed(self, *inputs: str, checkpoint: str | None = None, out: str = "byola_embeddings",
               frames: bool = False, device: str = "cpu", batch_size: int = 64, num_workers: int = 1,
-              norm_stats: str | None = None, frontend_backend: str = "torchaudio", progress: bool = True) -> None:
+              norm_stats: str | None = None, frontend_backend: str = "torchaudio", compile: bool = False,
+              progress: bool = True) -> None:
         """Embed audio files, folders (recursive) and text files listing paths.
 
         Writes OUT/embeddings.npy (float32, one row per embedded file) and OUT/index.csv
@@ -46,6 +47,7 @@ class Commands:
                 weights), they are otherwise computed exactly from the inputs in a first pass.
             frontend_backend: log-mel backend: torchaudio (default; equal to the others within 4e-4 nats and the
                 fastest on CPU), nnaudio, librosa, or "checkpoint" for the one the model was trained with.
+            compile: torch.compile the encoder (worth it for long jobs of equal-length clips).
             progress: show a progress bar.
         """
         from .embed import collect_inputs, load
@@ -59,7 +61,8 @@ class Commands:
         if not files:
             raise SystemExit("byola embed: no audio files found in the inputs")
         embedder = load(checkpoint, device=device, norm_stats=_parse_stats(norm_stats),
-                        frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend)
+                        frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend,
+                        compile=compile)
         if embedder.norm_stats is None:
             print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs",
                   file=sys.stderr)
@@ -96,7 +99,7 @@ class Commands:
     def evaluate(self, *tasks: str, checkpoint: str | None = None, out: str = "byola_eval", baselines: bool = False,
                  probe: str = "linear", seeds: int = 3, data_root: str | None = None, unit_sec: float | None = None,
                  device: str = "cpu", batch_size: int = 64, num_workers: int = 1, fold_norm: bool = True,
-                 progress: bool = True) -> None:
+                 cache_dir: str | None = None, progress: bool = True) -> None:
         """Score frozen embeddings on downstream tasks; writes OUT/results.csv, OUT/results.md and confusion plots.
 
         Args:
@@ -113,6 +116,7 @@ class Commands:
             num_workers: DataLoader workers decoding audio.
             fold_norm: normalization statistics from each fold's training clips (EVAR's protocol); False keeps the
                 checkpoint's own.
+            cache_dir: where embeddings are cached (default OUT/cache); share it between reports to reuse them.
             progress: show progress bars.
         """
         from .embed import load
@@ -133,7 +137,7 @@ class Commands:
         extra = {"random-init": model_factory(random_init=0), "logmel-stats": LogMelStatsEmbedder} if baselines else {}
         evaluate(list(tasks), model_factory(), out, baselines=extra, data_root=data_root, unit_sec=unit_sec,
                            seeds=tuple(range(seeds)), probe=probe, batch_size=batch_size, num_workers=num_workers,
-                           progress=progress)
+                           cache_dir=cache_dir, progress=progress)
         print((Path(out) / "results.md").read_text())
 
     def prepare(self, task: str, src: str, out: str, num_workers: int = 2, **options) -> None:

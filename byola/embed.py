@@ -44,12 +44,14 @@ class Embedder(nn.Module):
         norm_stats: pre-normalization statistics; None leaves them to be set with `set_norm_stats` (e.g. computed
             from the inputs with `fit_norm_stats`) before embedding.
         optimize: fold batch norm into the convolutions and use channels-last memory (`optimize_for_inference`).
+        compile: also `torch.compile` the encoder (with `optimize`): faster once compiled, but each new input
+            shape compiles first (seconds), so it pays off on long jobs of equal-length clips.
     """
 
     def __init__(self, encoder: nn.Module, frontend: LogMelSpectrogram, norm_stats: NormStats | None,
-                 optimize: bool = True) -> None:
+                 optimize: bool = True, compile: bool = False) -> None:
         super().__init__()
-        self.encoder = optimize_for_inference(encoder) if optimize else encoder.eval()
+        self.encoder = optimize_for_inference(encoder, compile=compile) if optimize else encoder.eval()
         self.frontend = frontend
         self.norm_stats = norm_stats
         self.prenorm = PreNormalization(norm_stats.mean, norm_stats.std) if norm_stats else None
@@ -170,7 +172,8 @@ def pool_frames(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
 
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          norm_stats: NormStats | tuple[float, float] | None = None, optimize: bool = True,
-         frontend_backend: str | None = "torchaudio", random_init: int | None = None) -> Embedder:
+         frontend_backend: str | None = "torchaudio", random_init: int | None = None,
+         compile: bool = False) -> Embedder:
     """Load a byola checkpoint (default: the model shipped in `pretrained/`) as an `Embedder`.
 
     `norm_stats` overrides the checkpoint's statistics; a checkpoint without statistics (a converted official file)
@@ -194,7 +197,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         norm_stats = NormStats(mean=float(norm_stats[0]), std=float(norm_stats[1]), count=0)
     if norm_stats is None and meta.get("norm_stats"):
         norm_stats = NormStats.from_dict(meta["norm_stats"])
-    embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize).to(device)
+    embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize, compile=compile).to(device)
     embedder.checkpoint_path = str(path)
     embedder.checkpoint_id = f"sha256:{_sha256(path)}" if random_init is None else f"random-init:{random_init}"
     return embedder
@@ -429,9 +432,12 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
                 record_error(file, error)
             elif wave is None:  # long file: stream it
                 try:
-                    chunks = list(embedder._stream_frame_embeddings(stream_audio(file, embedder.sample_rate)))
-                    clip = pool_frames(chunks)
-                    record_ok(file, clip, torch.cat(chunks) if frames else None, audio_duration(file))
+                    stream = embedder._stream_frame_embeddings(stream_audio(file, embedder.sample_rate))
+                    if frames:  # frame embeddings are written whole; clip embeddings pool on the fly
+                        chunks = list(stream)
+                        record_ok(file, pool_frames(chunks), torch.cat(chunks), audio_duration(file))
+                    else:
+                        record_ok(file, pool_frames(stream), None, audio_duration(file))
                 except Exception as err:
                     record_error(file, str(err) if isinstance(err, AudioError) else
                                  f"{file}: {type(err).__name__}: {err}")

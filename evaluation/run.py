@@ -193,7 +193,7 @@ def run_task(task: Task, embedder: ClipEmbedder, cache_dir: str | os.PathLike, *
         per_fold.append(run_trials(data, probe, seeds, progress=progress))
         warnings += [f"{fold.name}: {w}" for w in fold.warnings + data.warnings]
     chosen = choose(per_fold)
-    if len(probe.grid) > 1 and chosen in (min(probe.grid), max(probe.grid)):
+    if len(probe.grid) >= 3 and chosen in (min(probe.grid), max(probe.grid)):
         warnings.append(f"chosen {probe.hyper_name}={chosen:g} is at the edge of the grid {list(probe.grid)}")
     used_seeds = seeds[:1] if probe.kind == "knn" else seeds
     picked: list[list[Trial]] = []

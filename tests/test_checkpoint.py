@@ -133,6 +133,7 @@ def test_round_trip(tmp_path):
     assert meta["frontend"]["n_mels"] == 32 and meta["norm_stats"] == {"mean": -6.5, "std": 3.25}
     assert meta["provenance"]["source"] == "test" and meta["provenance"]["recipe"] == "r.yaml"
     assert not loaded.training
+    assert all(p.device.type == "cpu" and p.requires_grad for p in loaded.parameters())
     for k, v in encoder.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     x = torch.randn(2, 1, 32, 40)
@@ -172,6 +173,7 @@ def ckpt(tmp_path) -> Path:
     (lambda m: m | {"encoder": {"name": "Wav2Vec9", "params": {}}}, "unknown encoder 'Wav2Vec9'.*AudioNTT2020"),
     (lambda m: m | {"format_version": FORMAT_VERSION + 1}, "newer"),
     (lambda m: m | {"encoder": {"name": "AudioNTT2020", "params": {"d": 256}}}, r"shape mismatch fc\.0\.weight"),
+    (lambda m: m | {"encoder": {"name": "AudioNTT2020", "params": {"d": 10 ** 9}}}, "shape mismatch"),  # no 4 TB alloc
     (lambda m: m | {"encoder": {"name": "AudioNTT2020", "params": {"width": 3}}}, "cannot build AudioNTT2020"),
     (lambda m: m | {"encoder": {"name": "AudioNTT2022", "params": {}}}, r"unexpected tensors \['features\.8"),
     (lambda m: {k: v for k, v in m.items() if k != "frontend"}, "lacks frontend"),

@@ -83,7 +83,7 @@ class _AudioNTT(nn.Module):
         """Log-mel ``[B, 1, F, T]`` -> frame embeddings ``[B, T // frame_hop, embed_dim]``.
 
         With ``micro_batch`` set, the batch runs in chunks of that many clips (same result): the first conv block's
-        output is 16x the input size, and chunks that stay in cache are faster on CPU.
+        output is 64x the input size, and chunks that stay in cache can be faster on CPU.
         """
         x = self._check_input(x)
         if self.micro_batch and x.shape[0] > self.micro_batch:
