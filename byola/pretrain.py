@@ -1,12 +1,19 @@
-"""BYOL-A pretraining on a corpus of audio files: wires data, front end, normalization, augmentation, encoder and
-the BYOL engine into :class:`byola.engine.trainer.Trainer`, and exports self-describing checkpoints.
+"""Pretraining of any BYOL-family method (:data:`byola.engine.methods.METHODS`) on audio (BYOL-A) or images: wires
+data, front end, normalization, augmentation, encoder and the engine into the one training loop,
+:class:`byola.engine.trainer.Trainer`, and exports self-describing checkpoints. The recipe's ``modality``
+(``audio``, the default, or ``image``) selects the data side; everything else is shared.
 
-Data flow of one step: DataLoader workers decode and resample files and cut random ``unit_sec`` crops
+Audio, one step: DataLoader workers decode and resample files and cut random ``unit_sec`` crops
 (:class:`byola.data.RandomCropDataset`); on the device, :class:`AudioBatchViews` turns the batch of waveforms into
 log-mels (:class:`byola.frontend.LogMelSpectrogram`), pre-normalizes them (corpus statistics computed before
 training, v2; or running statistics, v1; or fixed values), makes the views (:class:`byola.augment.AudioViews`:
 Mixup, Random Resize Crop, Random Linear Fader) and post-normalizes the batch of all views; the engine
 (:func:`byola.engine.methods.build_method`) returns the loss.
+
+Images, one step: ``uint8`` images from :mod:`byola.image_data` (a folder, CIFAR-10 or STL-10 on disk);
+:class:`ImageBatchViews` makes BYOL's views on the device (:class:`byola.augment.image.BYOLImageViews`, one
+augmentation per entry of the method's ``view_augmentations``); checkpoints carry ``{"modality": "image", size,
+mean, std}`` in place of the log-mel configuration and no normalization statistics.
 
 Recipes are YAML files (``recipes/<name>.yaml``; ``recipe`` is a name or a path) with the sections ``data``,
 ``frontend``, ``norm``, ``augment``, ``model``, ``method``, ``optim``, ``train`` and a top-level ``seed``. Every
@@ -27,36 +34,40 @@ import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 import byola
 from byola.augment.audio import AudioViews
+from byola.augment.image import BYOLImageViews
 from byola.checkpoint import save_checkpoint
 from byola.data import RandomCropDataset, scan_corpus
-from byola.engine.methods import build_method, get_method
+from byola.engine.methods import MethodSpec, build_method, get_method
+from byola.engine.optim import LARS
 from byola.engine.trainer import Trainer, default_device, dist_info, init_distributed, latest_checkpoint
 from byola.frontend import LogMelSpectrogram
+from byola.image_data import build_image_dataset
 from byola.models import build_encoder
 from byola.norm import NormStats, PostNormalization, PreNormalization, compute_norm_stats
 
 __all__ = ["pretrain", "resolve_config", "load_recipe", "RECIPES_DIR", "RunningNorm", "AudioBatchViews",
-           "corpus_norm_stats"]
+           "ImageBatchViews", "corpus_norm_stats"]
 
 log = logging.getLogger(__name__)
 
 RECIPES_DIR = Path(str(importlib.resources.files("byola.recipes")))  # the repository's recipes/ folder
 # Sections whose keys are passed through as keyword arguments: overrides may add keys there.
 _OPEN_SECTIONS = ("model", "method", "optim")
-_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "lars": LARS}
 
 
 # --------------------------------------------------------------------------------------------------------- recipes
@@ -251,12 +262,90 @@ def _norm_module(cfg: dict[str, Any], dataset: RandomCropDataset, frontend: nn.M
     return PreNormalization.from_stats(stats), stats
 
 
+# ------------------------------------------------------------------------------------------------------ modalities
+class ImageBatchViews(nn.Module):
+    """``make_views`` for images: a ``uint8`` batch ``[B, 3, H, W]`` -> the views of ``views``
+    (:class:`byola.augment.image.BYOLImageViews`, normalized float) and their mean/std for the log."""
+
+    def __init__(self, views: BYOLImageViews, channels_last: bool = False) -> None:
+        super().__init__()
+        self.views, self.channels_last = views, channels_last
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        views = self.views(images.float() / 255.0)
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        std, mean = torch.std_mean(torch.stack([v.detach() for v in views]))
+        return views, {"views_mean_after": mean, "views_std_after": std}
+
+
+@dataclass
+class _Modality:
+    """What the generic wiring needs from one modality."""
+
+    dataset: Dataset
+    make_views: nn.Module
+    export_config: dict[str, Any]                  # the checkpoint's "frontend" entry
+    norm_stats: Callable[[], NormStats | None]     # statistics exported with the model
+    encoder_defaults: dict[str, Any]               # encoder keyword arguments unless the recipe sets them
+    data_info: dict[str, Any]                      # provenance
+    num_workers: int
+
+
+def _audio_modality(cfg: dict[str, Any], sources: list[str], spec: MethodSpec, out_dir: Path, seed: int,
+                    generator: torch.Generator, resume: bool, progress: bool) -> _Modality:
+    """BYOL-A: random crops of audio files -> log-mel -> pre-norm -> ``spec.n_views`` views -> post-norm.
+    BYOL-A has one augmentation pipeline: every view, whatever its ``view_augmentations`` index, comes from it."""
+    dcfg, tcfg = cfg["data"], cfg["train"]
+    files = scan_corpus(sources)
+    sample_rate = int(dcfg.get("sample_rate", 16000))
+    dataset = RandomCropDataset(files, unit_sec=float(dcfg.get("unit_sec", 0.95)), sample_rate=sample_rate,
+                                seed=seed, pad=dcfg.get("pad", "center"), probe=bool(dcfg.get("probe", True)),
+                                cache_dir=dcfg.get("cache_dir"), cache_dtype=dcfg.get("cache_dtype", "float32"))
+    num_workers = int(dcfg.get("num_workers", 4))
+    log.info("corpus: %d files (%d unreadable skipped) from %s", len(dataset), len(dataset.unreadable), sources)
+    frontend = LogMelSpectrogram(sample_rate=sample_rate, **cfg.get("frontend", {}))
+    pre_norm, fixed_stats = _norm_module(cfg.get("norm", {}), dataset, frontend, out_dir, seed, num_workers,
+                                         resume, progress)
+    acfg = dict(cfg.get("augment", {}))
+    views = AudioViews.byola(acfg.pop("version", "v2"), n_views=spec.n_views, post_norm=False, generator=generator,
+                             **{k: tuple(v) if isinstance(v, list) else v for k, v in acfg.items()})
+    make_views = AudioBatchViews(frontend, pre_norm, views, PostNormalization(),
+                                 channels_last=bool(tcfg.get("channels_last")))
+    return _Modality(dataset, make_views, frontend.config(), lambda: fixed_stats or pre_norm.stats(),
+                     {"n_mels": frontend.n_mels}, {"files": len(dataset), "unreadable": len(dataset.unreadable)},
+                     num_workers)
+
+
+def _image_modality(cfg: dict[str, Any], sources: list[str], spec: MethodSpec, generator: torch.Generator
+                    ) -> _Modality:
+    """BYOL images: ``data.dataset`` folder | cifar10 | stl10 -> BYOL's augmentations, one per
+    ``spec.view_augmentations`` entry (TriBYOL: v1 from augmentation 1, v2 and v3 from augmentation 2)."""
+    dcfg, tcfg = cfg["data"], cfg["train"]
+    kind = dcfg.get("dataset", "folder")
+    dataset = build_image_dataset(kind, sources, size=dcfg.get("size"), split=dcfg.get("split", "train"))
+    acfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("augment", {}).items()}
+    size = acfg.pop("size")
+    views = BYOLImageViews(size, view_augmentations=spec.view_augmentations, generator=generator, **acfg)
+    export = {"modality": "image", "size": list(views.aug1.size), "mean": views.aug1.mean, "std": views.aug1.std}
+    log.info("images: %s, %d items from %s", kind, len(dataset), sources)
+    return _Modality(dataset, ImageBatchViews(views, channels_last=bool(tcfg.get("channels_last"))), export,
+                     lambda: None, {}, {"dataset": kind, "items": len(dataset)}, int(dcfg.get("num_workers", 4)))
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = False, **overrides: Any) -> Path:
-    """Pretrain an encoder with BYOL-A on the audio of ``data`` (folders, searched recursively, audio files and text
-    files listing paths) following ``recipe`` (a name in ``recipes/`` such as ``"byola_v2"`` or a YAML path), in the
-    run folder ``out``; ``resume`` continues an interrupted run from its newest checkpoint. ``overrides`` change
-    recipe values (``**{"optim.lr": 1e-4}``, ``optim__lr=1e-4`` or ``lr=1e-4``; see :func:`resolve_config`).
+    """Pretrain an encoder with a BYOL-family method following ``recipe`` (a name in ``recipes/`` such as
+    ``"byola_v2"`` or a YAML path), in the run folder ``out``; ``resume`` continues an interrupted run from its
+    newest checkpoint. ``overrides`` change recipe values (``**{"optim.lr": 1e-4}``, ``optim__lr=1e-4`` or
+    ``lr=1e-4``; see :func:`resolve_config`); ``method.name`` selects any method of
+    :data:`byola.engine.methods.METHODS`.
+
+    The recipe's ``modality`` (default ``audio``) chooses the data: ``audio``: ``data`` is folders (searched
+    recursively), audio files and text files listing paths (BYOL-A pipeline); ``image``: ``data`` is image folders
+    (``data.dataset: folder``) or the root folder of torchvision's CIFAR-10 / STL-10 (``cifar10`` / ``stl10``).
 
     Under ``torchrun`` every process runs this function; they train with DDP and only rank 0 writes. Returns the
     path of the final model (``out/model.safetensors``), loadable with :func:`byola.checkpoint.load_checkpoint`.
@@ -264,9 +353,12 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
     t_start = time.time()
     recipe_name = Path(recipe).stem
     cfg = resolve_config(recipe, overrides)
+    modality = cfg.get("modality", "audio")
+    if modality not in ("audio", "image"):
+        raise ValueError(f"recipe modality must be 'audio' or 'image', got {modality!r}")
     out_dir = Path(out)
     seed = int(cfg.get("seed", 0))
-    dcfg, tcfg = cfg["data"], cfg["train"]
+    tcfg = cfg["train"]
     device = torch.device(tcfg["device"]) if tcfg.get("device") else default_device()
     if not resume and latest_checkpoint(out_dir) is not None:
         raise FileExistsError(f"{out_dir} holds a run: pass resume=True (--resume) to continue it, or choose another "
@@ -288,39 +380,27 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
             dist.barrier()
 
         sources = [data] if isinstance(data, str) else list(data)
-        files = scan_corpus(sources)
-        sample_rate = int(dcfg.get("sample_rate", 16000))
-        dataset = RandomCropDataset(files, unit_sec=float(dcfg.get("unit_sec", 0.95)), sample_rate=sample_rate,
-                                    seed=seed, pad=dcfg.get("pad", "center"), probe=bool(dcfg.get("probe", True)),
-                                    cache_dir=dcfg.get("cache_dir"), cache_dtype=dcfg.get("cache_dtype", "float32"))
-        num_workers = int(dcfg.get("num_workers", 4))
         progress = bool(tcfg.get("progress", True)) and info.is_main
-        log.info("corpus: %d files (%d unreadable skipped) from %s", len(dataset), len(dataset.unreadable), sources)
-
-        frontend = LogMelSpectrogram(sample_rate=sample_rate, **cfg.get("frontend", {}))
-        pre_norm, fixed_stats = _norm_module(cfg.get("norm", {}), dataset, frontend, out_dir, seed, num_workers,
-                                             resume, progress)
+        method_cfg = dict(cfg["method"])
+        method_name = method_cfg.pop("name")
+        spec = get_method(method_name, **{k: method_cfg[k] for k in ("view_augmentations", "backbone_norm",
+                                                                    "weight_standardization") if k in method_cfg})
+        generator = torch.Generator(device=device).manual_seed(seed * 1000 + info.rank)
+        if modality == "audio":
+            mod = _audio_modality(cfg, sources, spec, out_dir, seed, generator, resume, progress)
+        else:
+            mod = _image_modality(cfg, sources, spec, generator)
 
         # The model is built from the same seed on every rank (DDP also broadcasts rank 0's weights).
         torch.manual_seed(seed)
-        mcfg = dict(cfg["model"])
-        mcfg.setdefault("n_mels", frontend.n_mels)
-        encoder = build_encoder(mcfg.pop("name"), **mcfg)
-        method_cfg = dict(cfg["method"])
-        method_name = method_cfg.pop("name")
+        mcfg = {**mod.encoder_defaults, "backbone_norm": spec.backbone_norm,
+                "weight_standardization": spec.weight_standardization, **cfg["model"]}
+        encoder = build_encoder(mcfg.pop("name"), **mcfg)  # BN-free specs: the exported config records the norm
         engine = build_method(method_name, encoder, encoder.embed_dim, **method_cfg)
         if tcfg.get("channels_last"):
             engine.to(memory_format=torch.channels_last)
         if tcfg.get("compile"):
             encoder.compile()  # in place: parameter names (and checkpoints) are unchanged
-
-        acfg = dict(cfg.get("augment", {}))
-        generator = torch.Generator(device=device).manual_seed(seed * 1000 + info.rank)
-        views = AudioViews.byola(acfg.pop("version", "v2"), n_views=get_method(method_name).n_views,
-                                 post_norm=False, generator=generator,
-                                 **{k: tuple(v) if isinstance(v, list) else v for k, v in acfg.items()})
-        make_views = AudioBatchViews(frontend, pre_norm, views, PostNormalization(),
-                                     channels_last=bool(tcfg.get("channels_last")))
 
         ocfg = dict(cfg["optim"])
         opt_name = ocfg.pop("name", "adam").lower()
@@ -330,9 +410,9 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
 
         keep = int(tcfg.get("keep_checkpoints", 2))
         provenance_base = {
-            "recipe": recipe_name, "config": cfg, "method": get_method(method_name).to_dict(),
-            "data": {"sources": [os.path.abspath(s) for s in sources], "files": len(dataset),
-                     "unreadable": len(dataset.unreadable)},
+            "recipe": recipe_name, "config": cfg, "modality": modality,
+            "method": spec.to_dict(),
+            "data": {"sources": [os.path.abspath(s) for s in sources], **mod.data_info},
             "byola_version": byola.__version__, "torch_version": torch.__version__,
             "hardware": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                          or platform.machine(), "world_size": info.world_size},
@@ -343,23 +423,23 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
             provenance = {**provenance_base, "step": step, "total_steps": trainer.total_steps, "final": final,
                           "wall_time_s": round(time.time() - t_start, 1),
                           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            save_checkpoint(path, encoder, frontend.config(), fixed_stats or pre_norm.stats(), provenance)
+            save_checkpoint(path, encoder, mod.export_config, mod.norm_stats(), provenance)
             periodic = sorted(out_dir.glob("model-step*.safetensors"))
             for old in periodic[:-keep]:
                 old.unlink()
 
         trainer = Trainer(
-            engine, lambda params: optimizer_cls(params, **ocfg), dataset, make_views, out_dir,
+            engine, lambda params: optimizer_cls(params, **ocfg), mod.dataset, mod.make_views, out_dir,
             batch_size=int(tcfg["batch_size"]), epochs=None if tcfg.get("steps") else int(tcfg["epochs"]),
             steps=int(tcfg["steps"]) if tcfg.get("steps") else None, seed=seed,
             lr_schedule=tcfg.get("lr_schedule", "constant"), warmup_steps=int(tcfg.get("warmup_steps", 0)),
             min_lr_ratio=float(tcfg.get("min_lr_ratio", 0.0)), accum_steps=int(tcfg.get("accum_steps", 1)),
             amp=tcfg.get("amp", "auto"), grad_clip=tcfg.get("grad_clip"),
             checkpoint_every=int(tcfg.get("checkpoint_every", 1000)), keep_checkpoints=keep, export=export,
-            num_workers=num_workers, pin_memory=None, device=device, progress=progress,
+            num_workers=mod.num_workers, pin_memory=None, device=device, progress=progress,
             prefetch_factor=tcfg.get("prefetch_factor"))
-        log.info("training %s for %d steps (%d batches of %d per epoch per process) on %s", recipe_name,
-                 trainer.total_steps, trainer.batches_per_epoch, trainer.batch_size, device)
+        log.info("training %s (%s, %s) for %d steps (%d batches of %d per epoch per process) on %s", recipe_name,
+                 modality, method_name, trainer.total_steps, trainer.batches_per_epoch, trainer.batch_size, device)
         trainer.fit(resume=resume)
         return out_dir / "model.safetensors"
     finally:

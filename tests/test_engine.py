@@ -170,6 +170,7 @@ def test_norm_helpers():
 
 
 def test_bn_free_backbone_conversion():
+    torch.manual_seed(0)  # the variance check's tolerance depends on the drawn weights (eps 1e-5 in WS)
     enc = conv_encoder()
     x = torch.randn(2, 1, 6, 6)
     plain = enc[0](x)

@@ -302,18 +302,26 @@ class BYOLImageAugment(nn.Module):
 
 
 class BYOLImageViews(nn.Module):
-    """BYOL's asymmetric views: view 1 from augmentation 1 (blur p ``blur_p[0]`` = 1.0, solarize p
-    ``solarize_p[0]`` = 0.0), view 2 from augmentation 2 (blur p 0.1, solarize p 0.2). ``n_views=3`` (TriBYOL) adds
-    view 3, a second independent draw of augmentation 2. Other keyword arguments (``aug_kwargs``) go to both
-    :class:`BYOLImageAugment` instances."""
+    """BYOL's asymmetric views: augmentation 1 (blur p ``blur_p[0]`` = 1.0, solarize p ``solarize_p[0]`` = 0.0)
+    and augmentation 2 (blur p 0.1, solarize p 0.2); ``view_augmentations`` says which one makes each view
+    (an engine ``MethodSpec``'s field: BYOL ``(0, 1)``, TriBYOL ``(0, 1, 1)``: view 3 is a second independent draw
+    of augmentation 2, BYOL-A style ``(0, 0)``). ``n_views`` 2 or 3 is the shorthand for ``(0, 1)`` /
+    ``(0, 1, 1)`` when ``view_augmentations`` is not given. The views of one augmentation run as one batch. Other
+    keyword arguments (``aug_kwargs``) go to both :class:`BYOLImageAugment` instances."""
 
     def __init__(self, size: int | tuple[int, int], n_views: int = 2, *, blur_p: tuple[float, float] = (1.0, 0.1),
-                 solarize_p: tuple[float, float] = (0.0, 0.2), generator: torch.Generator | None = None,
-                 **aug_kwargs: object) -> None:
+                 solarize_p: tuple[float, float] = (0.0, 0.2), view_augmentations: tuple[int, ...] | None = None,
+                 generator: torch.Generator | None = None, **aug_kwargs: object) -> None:
         super().__init__()
-        if n_views not in (2, 3):
-            raise ValueError(f"n_views must be 2 (BYOL) or 3 (TriBYOL), got {n_views}")
-        self.n_views = n_views
+        if view_augmentations is None:
+            if n_views not in (2, 3):
+                raise ValueError(f"n_views must be 2 (BYOL) or 3 (TriBYOL), got {n_views}")
+            view_augmentations = (0, 1) if n_views == 2 else (0, 1, 1)
+        view_augmentations = tuple(int(a) for a in view_augmentations)
+        if not view_augmentations or not set(view_augmentations) <= {0, 1}:
+            raise ValueError(f"view_augmentations must list augmentation indices 0 or 1, got {view_augmentations}")
+        self.view_augmentations = view_augmentations
+        self.n_views = len(view_augmentations)
         self.aug1 = BYOLImageAugment(size, blur_p=blur_p[0], solarize_p=solarize_p[0], generator=generator,
                                      **aug_kwargs)
         self.aug2 = BYOLImageAugment(size, blur_p=blur_p[1], solarize_p=solarize_p[1], generator=generator,
@@ -321,8 +329,14 @@ class BYOLImageViews(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         _check_images(x)
-        second = self.aug2(x.repeat(self.n_views - 1, 1, 1, 1))           # views 2 (and 3) in one batch
-        return [self.aug1(x), *second.chunk(self.n_views - 1, dim=0)]
+        views: list[torch.Tensor | None] = [None] * self.n_views
+        for k, aug in enumerate((self.aug1, self.aug2)):
+            slots = [i for i, a in enumerate(self.view_augmentations) if a == k]
+            if slots:
+                made = aug(x.repeat(len(slots), 1, 1, 1)).chunk(len(slots), dim=0)
+                for i, v in zip(slots, made):
+                    views[i] = v
+        return views  # type: ignore[return-value]
 
 
 def byol_view_pair(size: int | tuple[int, int], generator: torch.Generator | None = None,

@@ -101,13 +101,18 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
     _closed_form("newton_schulz", "Newton–Schulz √Σ, n = 9"),
     _closed_form("ns2", "two-stage Newton–Schulz (≈ Σ^¼), n = 7 + 7"),
     _closed_form("stiefel", "Stiefel predictor B_nΣᵀ/‖B_n‖_F"),
-    # Weight 0.3 (ours): with weight 1 the extra pull cancelled BYOL's gain in benchmarks/engine_methods_digits.py.
+    # Weight 0.3 (ours): with weight 1 the extra pull cancelled BYOL's gain in the digits benchmark.
     MethodSpec("byol_ccsl", "BYOL + 0.3 × cross-cosine similarity loss (θ⁺ 0.8, θ⁻ 0.2)", reference=_SLR,
                extra_losses=(LossTerm("ccsl", 0.3),)),
     MethodSpec("byol_cssl", "BYOL + 0.3 × cross-sigmoid similarity loss (θ⁺ 0.8, θ⁻ 0.2, center 0.5, T 0.1)",
                reference=_SLR, extra_losses=(LossTerm("cssl", 0.3),)),
     MethodSpec("byol_bnfree", "BN-free BYOL: GroupNorm in heads and backbone, weight-standardized convolutions",
                reference=_SLR, head_norm="gn", backbone_norm="gn", weight_standardization=True),
+    # Ours: with the trainable MLP predictor the BN-free heads collapse (loss -> 0) on the digits benchmark; a
+    # DirectPred predictor (from the projections' correlation, Tian et al. 2021) avoids it (docs/variants.md).
+    MethodSpec("byol_bnfree_directpred", "BN-free BYOL (GroupNorm + weight standardization) with the DirectPred "
+               "closed-form predictor", reference=_SLR, head_norm="gn", backbone_norm="gn",
+               weight_standardization=True, predictor="directpred"),
     MethodSpec("byol_bnfree_ln", "BN-free BYOL: LayerNorm in heads and backbone (GroupNorm(1, C) in convs)",
                reference=_SLR, head_norm="ln", backbone_norm="ln"),
     MethodSpec("byol_bnfree_none", "BN-free BYOL: no normalization in heads and backbone", reference=_SLR,

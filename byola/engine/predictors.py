@@ -180,7 +180,7 @@ class ClosedFormPredictor(nn.Module):
 class LeastSquaresPredictor(ClosedFormPredictor):
     """``W = (ZᵀZ + αbI)⁻¹ZᵀZ' = (Σ + αI)⁻¹C`` (the ``b`` cancels), ``P = Wᵀ``. Solved with
     ``torch.linalg.solve_ex`` (no host sync). Default ridge ``α = 0.1`` (ours): ``b < d`` makes Σ singular, and
-    a near-exact in-batch fit (α = 1e-3) left almost no training signal in benchmarks/engine_methods_digits.py
+    a near-exact in-batch fit (α = 1e-3) left almost no training signal in the digits benchmark
     (probe at random-init level), while α = 0.1 learned. α is absolute: BYOL projections at init have per-dim
     variance ≈ 0.17 (PyTorch's Linear init), the scale this default was chosen at."""
 
@@ -200,7 +200,7 @@ class NeumannPredictor(ClosedFormPredictor):
     ``normalize="spectral"`` (default, ours): expand around the largest eigenvalue ``λ``,
     ``Σ⁻¹ ≈ (2I − Σ/λ)/λ``, so ``W = (2C − (Σ/λ)C)/λ``; all factors ``2 − λᵢ/λ`` lie in [1, 2), and the result
     is exact when Σ is isotropic. ``normalize="none"``: the plain ``W = 2C − ΣC`` (exact when Σ = I; it flips
-    directions whose eigenvalue exceeds 2, which made training diverge in benchmarks/engine_methods_digits.py).
+    directions whose eigenvalue exceeds 2, which made training diverge in the digits benchmark).
     ``P = Wᵀ``."""
 
     uses_cross = True

@@ -4,22 +4,41 @@ from __future__ import annotations
 from torch import nn
 
 from byola.models.audio import AudioNTT2020, AudioNTT2022
+from byola.models.image import IMAGE_ENCODERS, ResNet18, ResNet18CIFAR, ResNet50, SmallCNN
 from byola.models.inference import optimize_for_inference
 
 ENCODERS: dict[str, type[nn.Module]] = {
     "AudioNTT2020": AudioNTT2020,
     "AudioNTT2022": AudioNTT2022,
+    **IMAGE_ENCODERS,  # resnet18_cifar, resnet18, resnet50, small_cnn
 }
 
 
-def build_encoder(name: str, **params) -> nn.Module:
+def build_encoder(name: str, backbone_norm: str | None = None, weight_standardization: bool = False,
+                  **params) -> nn.Module:
     """Instantiate the registered encoder ``name`` with ``params``; an unknown name raises ``ValueError``
-    listing the known ones."""
+    listing the known ones.
+
+    ``backbone_norm`` (``"gn"``, ``"ln"``, ``"none"``; BN-free methods) replaces the encoder's BatchNorm layers and
+    ``weight_standardization`` its Conv2d layers (``byola.engine.heads.replace_batchnorm`` /
+    ``standardize_convs``, torch-only helpers); both are then part of the encoder's ``config()``, so a BN-free
+    checkpoint rebuilds the architecture it was trained with."""
     try:
         cls = ENCODERS[name]
     except KeyError:
         raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(sorted(ENCODERS))}") from None
-    return cls(**params)
+    encoder = cls(**params)
+    if backbone_norm not in (None, "bn") or weight_standardization:
+        from byola.engine.heads import replace_batchnorm, standardize_convs  # torch-only; loaded when needed
+
+        if backbone_norm not in (None, "bn"):
+            replace_batchnorm(encoder, backbone_norm)
+        if weight_standardization:
+            standardize_convs(encoder)
+        encoder.hparams = {**encoder.hparams, "backbone_norm": backbone_norm,
+                           "weight_standardization": bool(weight_standardization)}
+    return encoder
 
 
-__all__ = ["ENCODERS", "build_encoder", "optimize_for_inference", "AudioNTT2020", "AudioNTT2022"]
+__all__ = ["ENCODERS", "build_encoder", "optimize_for_inference", "AudioNTT2020", "AudioNTT2022", "ResNet18CIFAR",
+           "ResNet18", "ResNet50", "SmallCNN"]
