@@ -77,14 +77,15 @@ class Commands:
 
     def pretrain(self, *data: str, recipe: str = "byola_v2", out: str = "runs/byola", resume: bool = False,
                  **overrides) -> None:
-        """Pretrain an encoder with BYOL-A on your audio.
+        """Pretrain an encoder with BYOL-A on your audio (or a BYOL variant on images, with an image recipe).
 
         Writes RUN/model.safetensors (usable with `byola embed --checkpoint`), periodic checkpoints, RUN/log.csv
         and RUN/config.yaml. Several processes: `torchrun --nproc_per_node N -m byola pretrain ...`.
 
         Args:
-            data: folders (recursive), audio files and .txt/.lst path lists.
-            recipe: a recipe name in recipes/ (byola_v1, byola_v2, ...) or a YAML file.
+            data: folders (recursive), audio files and .txt/.lst path lists; for image recipes, an image folder
+                (one subfolder per class, or unlabeled) or the CIFAR-10/STL-10 root.
+            recipe: a recipe name in recipes/ (byola_v1, byola_v2, tribyola, byol_cifar10, ...) or a YAML file.
             out: the run folder.
             resume: continue an interrupted run from its newest checkpoint.
             overrides: recipe values, e.g. --optim.lr=1e-4 --train.batch_size=64 --model.d=512.
@@ -92,7 +93,7 @@ class Commands:
         from .pretrain import pretrain
 
         if not data:
-            raise SystemExit("byola pretrain: give at least one folder, file or list of audio")
+            raise SystemExit("byola pretrain: give at least one data folder, file or list")
         model = pretrain(list(data), recipe, out, resume=resume, **overrides)
         print(f"model written to {model}", file=sys.stderr)
 

@@ -239,3 +239,13 @@ def test_frontend_backends_give_the_same_embeddings(ckpt):
     assert trained_with.frontend.backend == "nnaudio"
     other = trained_with.embed_batch(waves)
     assert ((default - other).abs().max() / other.abs().max()).item() < 1e-3
+
+
+def test_image_checkpoint_is_refused_clearly(tmp_path):
+    from byola.checkpoint import save_checkpoint as save
+
+    path = tmp_path / "img.safetensors"
+    save(path, build_encoder("small_cnn"), {"modality": "image", "size": [16, 16], "mean": [0.5], "std": [0.5]},
+         None, {"source": "test"})
+    with pytest.raises(ValueError, match="image model"):
+        byola.load(path)
