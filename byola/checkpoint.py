@@ -242,7 +242,8 @@ def _detect_architecture(path: Path, state: Mapping[str, torch.Tensor]) -> dict:
     return {"name": name, "params": params}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -265,7 +266,7 @@ def convert_official(src: str | os.PathLike, dst: str | os.PathLike, norm_stats:
     provenance = {
         "source": "official BYOL-A weights (nttcslab/byol-a)",
         "official_file": src.name,
-        "official_sha256": _sha256(src),
+        "official_sha256": file_sha256(src),
         "official_version": "v1" if arch["name"] == "AudioNTT2020" else "v2",
         "trained_frontend_backend": backend,
         "norm_stats_note": "official files carry no normalization statistics"

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio, resample, stream_audio
-from .checkpoint import load_checkpoint
+from .checkpoint import file_sha256, load_checkpoint
 from .frontend import LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
 from .norm import NormStats, PreNormalization, compute_norm_stats
@@ -201,7 +201,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         norm_stats = NormStats.from_dict(meta["norm_stats"])
     embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize, compile=compile).to(device)
     embedder.checkpoint_path = str(path)
-    embedder.checkpoint_id = f"sha256:{_sha256(path)}" if random_init is None else f"random-init:{random_init}"
+    embedder.checkpoint_id = f"sha256:{file_sha256(path)}" if random_init is None else f"random-init:{random_init}"
     return embedder
 
 
@@ -212,14 +212,6 @@ def default_checkpoint() -> Path:
     if not found:
         raise FileNotFoundError(f"no default model in {folder}: pass a checkpoint explicitly")
     return found[0]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- inputs ----------------------------------------------------------------------------------------------------

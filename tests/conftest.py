@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 SHARED_DATA = Path(os.environ.get("BYOLA_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 
@@ -33,3 +34,12 @@ def tone_wav(tmp_path: Path) -> Path:
     path = tmp_path / "tone.wav"
     sf.write(path, make_tone(), 16000)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared machine (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,13 +21,7 @@ _spec.loader.exec_module(_conftest)
 shared_data = _conftest.shared_data
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tone(path: Path, seconds: float, sr: int = 16000, seed: int = 0) -> Path:

@@ -24,13 +24,7 @@ TINY_V1 = {**TINY, "model.d": 32}
 TINY_V2 = {**TINY, "model.d": 48, "model.mlp_hidden_d": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ TINY_IMAGE = {"model.channels": [4, 8], "method.projector_hidden": 16, "method.p
               "seed": 3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0, gray: bool = False) -> None:
