@@ -24,23 +24,11 @@ import soundfile as sf
 import torch
 
 import byola
+from _timing import clips_per_s  # benchmarks/ is on sys.path when a script runs
 from byola.checkpoint import save_checkpoint
 from byola.frontend import LogMelSpectrogram
 from byola.models import build_encoder, optimize_for_inference
 from byola.norm import NormStats
-
-
-def clips_per_s(fn, x: torch.Tensor, batch: int, repeats: int = 3) -> float:
-    """Best-of-`repeats` throughput of `fn` over all of `x` in batches."""
-    with torch.inference_mode():
-        fn(x[:batch])  # warm-up (and compilation, where it applies)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for i in range(0, len(x), batch):
-                fn(x[i:i + batch])
-            best = min(best, time.perf_counter() - t0)
-    return len(x) / best
 
 
 def peak_rss_mb(cmd: list[str]) -> float:

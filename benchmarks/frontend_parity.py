@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
 from pathlib import Path
 
 import torch
 
+from _timing import clips_per_s  # benchmarks/ is on sys.path when a script runs
 from byola.audio import load_audio
 from byola.frontend import BACKENDS, LogMelSpectrogram
 
@@ -27,18 +27,6 @@ REL_FLOOR = 1e-8
 def pick(files: list[Path], n: int) -> list[Path]:
     step = max(1, len(files) // max(n, 1))
     return files[::step][:n]
-
-
-def clips_per_s(fn, x: torch.Tensor, batch: int, repeats: int = 3) -> float:
-    with torch.inference_mode():
-        fn(x[:batch])  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for i in range(0, len(x), batch):
-                fn(x[i:i + batch])
-            best = min(best, time.perf_counter() - t0)
-    return len(x) / best
 
 
 def main() -> None:

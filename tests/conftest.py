@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from torch.overrides import TorchFunctionMode
 
 SHARED_DATA = Path(os.environ.get("BYOLA_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 
@@ -43,3 +44,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class TorchOpCounter(TorchFunctionMode):
+    """Counts torch function calls inside `with`: a count that grows with the batch size betrays a per-sample loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.calls += 1
+        return func(*args, **(kwargs or {}))

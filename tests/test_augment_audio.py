@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
+from tests.conftest import TorchOpCounter
 from byola.augment.audio import AudioViews, MixupBank, RandomLinearFader, RandomResizeCrop
 
 F_BINS, T_FRAMES = 16, 24
@@ -270,20 +270,10 @@ def test_audio_views_post_normalizes_all_views_together_and_shares_the_bank() ->
     assert views.mixup.filled == 8
 
 
-class _OpCounter(TorchFunctionMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        self.calls += 1
-        return func(*args, **(kwargs or {}))
-
-
 def count_ops(module: torch.nn.Module, batch: int) -> int:
     for size in (batch, batch):                                         # second call: bank filled
         x = logmels(size)
-        with _OpCounter() as counter:
+        with TorchOpCounter() as counter:
             module(x)
     return counter.calls
 

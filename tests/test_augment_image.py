@@ -5,9 +5,9 @@ import itertools
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 from torchvision.transforms.v2 import functional as TF
 
+from tests.conftest import TorchOpCounter
 from byola.augment.image import (BYOLImageAugment, BYOLImageViews, adjust_brightness, adjust_contrast, adjust_hue,
                                  adjust_saturation, byol_view_pair, color_jitter, default_blur_kernel, gaussian_blur,
                                  resized_crop, solarize)
@@ -203,21 +203,11 @@ def test_cpu_generator_drives_other_devices() -> None:
     assert all(torch.allclose(u, v.cpu(), atol=1e-4) for u, v in zip(cpu, cuda))
 
 
-class _OpCounter(TorchFunctionMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        self.calls += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_no_python_loop_over_samples() -> None:
     """The number of torch operations per call does not depend on the batch size."""
     counts = []
     for b in (2, 11):
-        with _OpCounter() as counter:
+        with TorchOpCounter() as counter:
             BYOLImageViews(8, n_views=3, generator=gen())(images(b))
         counts.append(counter.calls)
     assert counts[0] == counts[1]
