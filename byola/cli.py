@@ -27,7 +27,7 @@ class Commands:
     """byola: BYOL for Audio — embed audio files, pretrain on your corpus, evaluate on downstream tasks."""
 
     def embed(self, *inputs: str, checkpoint: str | None = None, out: str = "byola_embeddings",
-              frames: bool = False, device: str = "cpu", batch_size: int = 64, num_workers: int = 1,
+              frames: bool = False, device: str = "cpu", batch_size: int = 64, num_workers: int | None = None,
               norm_stats: str | None = None, frontend_backend: str = "torchaudio", compile: bool = False,
               progress: bool = True) -> None:
         """Embed audio files, folders (recursive) and text files listing paths.
@@ -42,7 +42,8 @@ class Commands:
             frames: also write frame-level embeddings with timestamps (OUT/frames/*.npz).
             device: torch device, e.g. cpu or cuda.
             batch_size: files per encoder batch.
-            num_workers: DataLoader workers decoding audio.
+            num_workers: worker processes decoding audio (default: one per CPU core on CPU, where they also run
+                the model on one thread each, 2 with a GPU); 0 runs everything in this process.
             norm_stats: MEAN,STD pre-normalization statistics; for checkpoints that carry none (converted official
                 weights), they are otherwise computed exactly from the inputs in a first pass.
             frontend_backend: log-mel backend: torchaudio (default; equal to the others within 4e-4 nats and the

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.resources
-import itertools
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio, resample, stream_audio
+from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio_if_shorter, resample, stream_audio
 from .checkpoint import file_sha256, load_checkpoint
 from .frontend import LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
@@ -47,16 +46,16 @@ class Embedder(nn.Module):
         optimize: fold batch norm into the convolutions and use channels-last memory (`optimize_for_inference`).
         compile: also `torch.compile` the encoder (with `optimize`): faster once compiled, but each new input
             shape compiles first (seconds), so it pays off on long jobs of equal-length clips.
-        micro_batch: with `optimize`, run the encoder on batches in chunks of this many clips: the activations of
-            a small chunk stay in the CPU caches (measured 5.1x plain eager at 16 against 2.6x unchunked, batch 256,
-            2 cores; benchmarks/embed_speed.py). None runs whole batches.
+        micro_batch: with `optimize`, run batches through frontend and encoder in chunks of this many clips: the
+            intermediate tensors of a small chunk stay in the CPU caches (encoder measured at 5.1x plain eager at
+            16 against 2.6x unchunked, batch 256, 2 cores; benchmarks/embed_speed.py). None runs whole batches.
     """
 
     def __init__(self, encoder: nn.Module, frontend: LogMelSpectrogram, norm_stats: NormStats | None,
                  optimize: bool = True, compile: bool = False, micro_batch: int | None = 16) -> None:
         super().__init__()
-        self.encoder = (optimize_for_inference(encoder, micro_batch=micro_batch, compile=compile) if optimize
-                        else encoder.eval())
+        self.encoder = (optimize_for_inference(encoder, compile=compile) if optimize else encoder.eval())
+        self.micro_batch = micro_batch if optimize else None
         self.frontend = frontend
         self.norm_stats = norm_stats
         self.prenorm = PreNormalization(norm_stats.mean, norm_stats.std) if norm_stats else None
@@ -89,15 +88,19 @@ class Embedder(nn.Module):
                                "call fit_norm_stats(...) first")
         return self.prenorm(self.frontend(waves.to(self.device, torch.float32)))
 
+    def _micro_batches(self, waves: torch.Tensor, model: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        chunks = waves.split(self.micro_batch) if self.micro_batch else [waves]
+        return torch.cat([model(self._normalized_logmel(chunk).unsqueeze(1)) for chunk in chunks])
+
     @torch.inference_mode()
     def embed_batch(self, waves: torch.Tensor) -> torch.Tensor:
         """Clip embeddings [B, D] of equal-length waveforms [B, T] at `sample_rate`."""
-        return self.encoder(self._normalized_logmel(waves).unsqueeze(1))
+        return self._micro_batches(waves, self.encoder)
 
     @torch.inference_mode()
     def embed_frames_batch(self, waves: torch.Tensor) -> torch.Tensor:
         """Frame embeddings [B, T', D] of equal-length waveforms [B, T]."""
-        return self.encoder.frame_embeddings(self._normalized_logmel(waves).unsqueeze(1))
+        return self._micro_batches(waves, self.encoder.frame_embeddings)
 
     @torch.inference_mode()
     def embed(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
@@ -249,6 +252,7 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 # -- the embed job -----------------------------------------------------------------------------------------------
 INDEX_COLUMNS = ["file", "row", "status", "error", "duration_s"]
 _STATE_DIR = ".byola_embed"
+_CPU_WORKER_CHUNK = 32
 
 
 @dataclass
@@ -336,129 +340,174 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class _Decoded(torch.utils.data.Dataset):
-    """Decodes and resamples files in DataLoader workers; long files are left to the main process to stream."""
+@dataclass
+class _Item:
+    """One input file's way through `embed_files`: decoded (`wave`), embedded (`clip`, `frames`), failed (`error`) or
+    left to the main process to stream (`stream`, for long files)."""
 
-    def __init__(self, files: list[str], sample_rate: int, max_load_sec: float) -> None:
-        self.files, self.sample_rate, self.max_load_sec = files, sample_rate, max_load_sec
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
-        file = self.files[i]
-        try:
-            if audio_duration(file) > self.max_load_sec:
-                return i, None, ""
-            return i, load_audio(file, self.sample_rate), ""
-        except AudioError as err:
-            return i, None, str(err)
-        except Exception as err:  # an unexpected decoder failure must not stop the run; it is reported per file
-            return i, None, f"{file}: {type(err).__name__}: {err}"
+    file: str
+    wave: torch.Tensor | None = None
+    clip: torch.Tensor | None = None
+    frames: torch.Tensor | None = None
+    error: str = ""
+    stream: bool = False
+    duration_s: float = 0.0
 
 
-def _as_list(items: list) -> list:
-    """DataLoader collate function that keeps the decoded files as they are (they differ in length)."""
-    return items
+def _failure(file: str, err: Exception) -> str:
+    return str(err) if isinstance(err, AudioError) else f"{file}: {type(err).__name__}: {err}"
 
 
-def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
-                batch_size: int = 64, frames: bool = False, num_workers: int = 1, max_load_sec: float = 600.0,
-                progress: bool = True, flush_every: int = 256) -> EmbedSummary:
-    """Embed `paths` into `out`: `embeddings.npy` (float32, one row per ok file) and `index.csv`.
-
-    Files of equal decoded length are batched together (so a file's embedding never depends on its batch
-    neighbours); files longer than `max_load_sec` are streamed in bounded-memory chunks. With `frames=True`, each
-    ok file's frame embeddings and their timestamps (ms) go to `out/frames/<hash>.npz` (`embeddings`,
-    `timestamps_ms`), named in index.csv's `frames` column. Finished work is saved in shards every `flush_every` files, so rerunning on the same `out`
-    skips it. Failed files are recorded with their error and retried on the next run.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [str(Path(p).resolve()) for p in paths]
-    if len(set(files)) != len(files):
-        raise ValueError("duplicate input files")
-    fingerprint = {"checkpoint_id": getattr(embedder, "checkpoint_id", None), "frames": frames,
-                   "norm_stats": embedder.norm_stats.to_dict() if embedder.norm_stats else None}
-    shards = _Shards(out, fingerprint)
-    todo = [f for f in files if not shards.done(f)]
-    skipped = len(files) - len(todo)
-    # Workers hand over lists of 16 decoded files: one transfer per list instead of per file.
-    loader = torch.utils.data.DataLoader(_Decoded(todo, embedder.sample_rate, max_load_sec), batch_size=16,
-                                         collate_fn=_as_list, num_workers=num_workers,
-                                         prefetch_factor=4 if num_workers else None)
-    pending_records: list[dict] = []
-    pending_emb: list[np.ndarray] = []
-    groups: dict[int, list[tuple[str, torch.Tensor]]] = {}
-    frames_dir = out / "frames"
-
-    def record_ok(file: str, clip: torch.Tensor, frame_emb: torch.Tensor | None, duration: float) -> None:
-        rec = {"file": file, "status": "ok", "error": "", "duration_s": round(duration, 4)}
-        if frame_emb is not None:
-            frames_dir.mkdir(exist_ok=True)
-            name = f"{hashlib.sha1(file.encode()).hexdigest()[:16]}.npz"
-            tmp = frames_dir / f"{name}.tmp.npz"
-            np.savez(tmp, embeddings=frame_emb.cpu().numpy().astype(np.float32),
-                     timestamps_ms=embedder.frame_timestamps_ms(len(frame_emb)).numpy())
-            os.replace(tmp, frames_dir / name)
-            rec["frames"] = f"frames/{name}"
-        pending_records.append(rec)
-        pending_emb.append(clip.float().cpu().numpy())
-
-    def record_error(file: str, error: str) -> None:
-        pending_records.append({"file": file, "status": "error", "error": error, "duration_s": ""})
-
-    def run_group(length: int) -> None:
-        items = groups.pop(length)
-        waves = torch.stack([w for _, w in items])
-        duration = length / embedder.sample_rate
+def _embed_items(embedder: "Embedder", items: list[_Item], frames: bool) -> None:
+    """Embed the decoded items in place, in batches of equal length (a file's embedding never depends on its
+    neighbours: nothing is padded). A batch the model rejects (e.g. clips shorter than its minimum) fails per file."""
+    groups: dict[int, list[_Item]] = {}
+    for item in items:
+        if item.wave is not None:
+            groups.setdefault(len(item.wave), []).append(item)
+    for group in groups.values():
+        waves = torch.stack([item.wave for item in group])
         try:
             if frames:
                 frame_emb = embedder.embed_frames_batch(waves)
                 clips = frame_emb.max(dim=1).values + frame_emb.mean(dim=1)
             else:
                 frame_emb, clips = None, embedder.embed_batch(waves)
-        except Exception as err:  # e.g. a clip shorter than the encoder's minimum: report each file, keep going
-            for file, _ in items:
-                record_error(file, f"{file}: {type(err).__name__}: {err}")
-            return
-        for k, (file, _) in enumerate(items):
-            record_ok(file, clips[k], None if frame_emb is None else frame_emb[k], duration)
+        except Exception as err:  # noqa: BLE001 -- reported per file, the run goes on
+            for item in group:
+                item.error, item.wave = _failure(item.file, err), None
+            continue
+        for k, item in enumerate(group):
+            item.wave, item.clip = None, clips[k].float().cpu()
+            item.frames = None if frame_emb is None else frame_emb[k].float().cpu()
 
-    def flush() -> None:
-        if pending_records:
-            shards.write(list(pending_records), list(pending_emb), embedder.embed_dim)
-            pending_records.clear()
-            pending_emb.clear()
+
+class _Chunks(torch.utils.data.Dataset):
+    """Item k = files [k·size, (k+1)·size): decoded and resampled, and, when given an `embedder`, also embedded.
+
+    In DataLoader workers this puts whole files' work in parallel processes (one torch thread each).
+    """
+
+    def __init__(self, files: list[str], size: int, sample_rate: int, max_load_sec: float,
+                 embedder: "Embedder | None", frames: bool) -> None:
+        self.files, self.size, self.sample_rate, self.max_load_sec = files, size, sample_rate, max_load_sec
+        self.embedder, self.frames = embedder, frames
+
+    def __len__(self) -> int:
+        return -(-len(self.files) // self.size)
+
+    def __getitem__(self, k: int) -> list[_Item]:
+        items = []
+        for i in range(k * self.size, min((k + 1) * self.size, len(self.files))):
+            file = self.files[i]
+            item = _Item(file)
+            try:
+                item.wave = load_audio_if_shorter(file, self.max_load_sec, self.sample_rate)
+                if item.wave is None:
+                    item.stream = True
+                else:
+                    item.duration_s = len(item.wave) / self.sample_rate
+            except Exception as err:  # noqa: BLE001 -- an unexpected decoder failure is reported per file too
+                item.error = _failure(file, err)
+            items.append(item)
+        if self.embedder is not None:
+            _embed_items(self.embedder, items, self.frames)
+        return items
+
+
+def _unbatched(item: list[_Item]) -> list[_Item]:
+    """DataLoader collate function: a chunk is already a list."""
+    return item
+
+
+def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
+                batch_size: int = 64, frames: bool = False, num_workers: int | None = None,
+                max_load_sec: float = 600.0, progress: bool = True, flush_every: int = 256) -> EmbedSummary:
+    """Embed `paths` into `out`: `embeddings.npy` (float32, one row per ok file) and `index.csv`.
+
+    Files are read in chunks of `batch_size` (at most 32 in CPU workers); the files of a chunk with equal decoded
+    length form one model batch
+    (so a file's embedding never depends on its batch neighbours); files longer than `max_load_sec` are streamed in
+    bounded-memory chunks. With `frames=True`, each ok file's frame embeddings and their timestamps (ms) go to
+    `out/frames/<hash>.npz` (`embeddings`, `timestamps_ms`), named in index.csv's `frames` column. Finished work is
+    saved in shards every `flush_every` files, so rerunning on the same `out` skips it. Failed files are recorded
+    with their error and retried on the next run.
+
+    `num_workers` DataLoader worker processes (default: one per CPU core on a CPU model, 2 on an accelerator) decode
+    the files. On a CPU model they also run the model, each on one thread: on this project's 2-core benchmark
+    machine, two single-threaded processes embed faster than one process on two threads, and decoding then never
+    competes with the model's threads (benchmarks/embed_speed.py). With `num_workers=0` everything runs in this
+    process.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [str(Path(p).resolve()) for p in paths]
+    if len(set(files)) != len(files):
+        raise ValueError("duplicate input files")
+    on_cpu = embedder.device.type == "cpu"
+    if num_workers is None:
+        num_workers = len(os.sched_getaffinity(0)) if on_cpu else 2
+    fingerprint = {"checkpoint_id": getattr(embedder, "checkpoint_id", None), "frames": frames,
+                   "norm_stats": embedder.norm_stats.to_dict() if embedder.norm_stats else None}
+    shards = _Shards(out, fingerprint)
+    todo = [f for f in files if not shards.done(f)]
+    skipped = len(files) - len(todo)
+    in_workers = on_cpu and num_workers > 0
+    if in_workers and embedder.prenorm is None:
+        embedder._normalized_logmel(torch.zeros(1, 1))  # raises the missing-statistics error here, not per file
+    # Small chunks keep CPU workers evenly loaded to the end (their model runs micro-batches of 16 anyway).
+    chunk = min(batch_size, _CPU_WORKER_CHUNK) if in_workers else batch_size
+    chunks = _Chunks(todo, chunk, embedder.sample_rate, max_load_sec, embedder if in_workers else None, frames)
+    loader = torch.utils.data.DataLoader(chunks, batch_size=None, collate_fn=_unbatched, num_workers=num_workers,
+                                         prefetch_factor=2 if num_workers else None)
+    pending_records: list[dict] = []
+    pending_emb: list[np.ndarray] = []
+    frames_dir = out / "frames"
+
+    def record(item: _Item) -> None:
+        file = item.file
+        if item.error:
+            pending_records.append({"file": file, "status": "error", "error": item.error, "duration_s": ""})
+            return
+        rec = {"file": file, "status": "ok", "error": "", "duration_s": round(item.duration_s, 4)}
+        if item.frames is not None:
+            frames_dir.mkdir(exist_ok=True)
+            name = f"{hashlib.sha1(file.encode()).hexdigest()[:16]}.npz"
+            tmp = frames_dir / f"{name}.tmp.npz"
+            np.savez(tmp, embeddings=item.frames.numpy().astype(np.float32),
+                     timestamps_ms=embedder.frame_timestamps_ms(len(item.frames)).numpy())
+            os.replace(tmp, frames_dir / name)
+            rec["frames"] = f"frames/{name}"
+        pending_records.append(rec)
+        pending_emb.append(item.clip.numpy())
+
+    def stream(item: _Item) -> None:
+        file = item.file
+        try:
+            chunks_out = embedder._stream_frame_embeddings(stream_audio(file, embedder.sample_rate))
+            if frames:  # frame embeddings are written whole; clip embeddings pool on the fly
+                item.frames = torch.cat(list(chunks_out)).float().cpu()
+                item.clip = pool_frames([item.frames])
+            else:
+                item.clip = pool_frames(chunks_out).float().cpu()
+            item.duration_s = audio_duration(file)
+        except Exception as err:  # noqa: BLE001 -- reported per file, the run goes on
+            item.error = _failure(file, err)
 
     with tqdm(total=len(todo), desc="embed", unit="file", disable=not progress) as bar:
-        for i, wave, error in itertools.chain.from_iterable(loader):
-            file = todo[i]
-            if error:
-                record_error(file, error)
-            elif wave is None:  # long file: stream it
-                try:
-                    stream = embedder._stream_frame_embeddings(stream_audio(file, embedder.sample_rate))
-                    if frames:  # frame embeddings are written whole; clip embeddings pool on the fly
-                        chunks = list(stream)
-                        record_ok(file, pool_frames(chunks), torch.cat(chunks), audio_duration(file))
-                    else:
-                        record_ok(file, pool_frames(stream), None, audio_duration(file))
-                except Exception as err:
-                    record_error(file, str(err) if isinstance(err, AudioError) else
-                                 f"{file}: {type(err).__name__}: {err}")
-            else:
-                groups.setdefault(len(wave), []).append((file, wave))
-                if len(groups[len(wave)]) >= batch_size:
-                    run_group(len(wave))
-                elif sum(len(g) for g in groups.values()) >= batch_size:  # bound memory: run what is buffered
-                    for length in list(groups):
-                        run_group(length)
-            bar.update(1)
+        for items in loader:
+            if not in_workers:
+                _embed_items(embedder, items, frames)
+            for item in items:
+                if item.stream:
+                    stream(item)
+                record(item)
+            bar.update(len(items))
             if len(pending_records) >= flush_every:
-                flush()
-        for length in list(groups):
-            run_group(length)
-        flush()
+                shards.write(list(pending_records), list(pending_emb), embedder.embed_dim)
+                pending_records.clear()
+                pending_emb.clear()
+        if pending_records:
+            shards.write(pending_records, pending_emb, embedder.embed_dim)
     ok, failed = shards.finalize(out, files, embedder.embed_dim)
     return EmbedSummary(ok=ok, failed=failed, skipped=skipped, out=out)

