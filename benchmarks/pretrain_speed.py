@@ -11,6 +11,8 @@ time, for several ways of running the model step, each next to the plain eager P
    CUDA, or CPU when asked). Variants run round-robin, step by step, from the same initial weights with the same
    views and dropout seeds, so their loss curves are compared (max relative difference to eager) and slow drifts of
    a shared machine's load hit every variant alike. Times are medians over the steps after the first (warm-up).
+   The variants run twice, each time in a child process: with glibc's default allocator and with
+   ``byola.runtime.keep_freed_memory`` (freed memory kept for reuse, as the ``byola`` command sets it).
 3. The full Trainer with the fastest variant for a few steps: data wait, augmentation and step time per step, from
    its CSV log.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import multiprocessing as mp
 import os
 import statistics
 import tempfile
@@ -37,6 +40,7 @@ from byola.frontend import LogMelSpectrogram
 from byola.models import build_encoder
 from byola.norm import PostNormalization, PreNormalization
 from byola.pretrain import AudioBatchViews
+from byola.runtime import keep_freed_memory
 
 SHARED = Path(os.environ.get("BYOLA_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
@@ -112,6 +116,35 @@ class Variant:
         self.losses.append(loss.item())
 
 
+def _variants_child(state: dict, d: int, names: list[str], device: str, all_views: list[list[torch.Tensor]],
+                    allocator: str, results: mp.SimpleQueue) -> None:
+    if allocator == "keep_freed_memory":
+        keep_freed_memory()
+    base = build_engine(d, torch.device(device))
+    base.load_state_dict(state)
+    runs = [Variant(name, base, torch.device(device)) for name in names]
+    for k, views in enumerate(all_views):
+        for run in runs:
+            run.step(views, k, len(all_views))
+    results.put([(run.times, run.losses) for run in runs])
+
+
+def run_variants(base: torch.nn.Module, d: int, names: list[str], device: torch.device,
+                 all_views: list[list[torch.Tensor]], allocator: str) -> list[tuple[str, list[float], list[float]]]:
+    """Run the variants round-robin on the same views in a child process (spawned: OpenMP does not survive a fork),
+    with glibc's default allocator or with `byola.runtime.keep_freed_memory`; returns (name, times, losses)."""
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    views = [[v.cpu() for v in vs] for vs in all_views]
+    proc = ctx.Process(target=_variants_child, args=({k: v.cpu() for k, v in base.state_dict().items()}, d, names,
+                                                     str(device), views, allocator, results))
+    proc.start()
+    measured = results.get()
+    proc.join()
+    suffix = "" if allocator == "default" else f"+{allocator}"
+    return [(name + suffix, times, losses) for name, (times, losses) in zip(names, measured)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=None, help="audio folder (default: berklee_unlabeled or generated tones)")
@@ -175,47 +208,47 @@ def main() -> None:
         aug = statistics.median(aug_times[1:] or aug_times)
 
         base = build_engine(args.d, device)
-        runs = [Variant(name, base, device) for name in variants]
-        for k, views in enumerate(all_views):
-            for run in runs:
-                run.step(views, k, len(all_views))
+        runs = []
+        for allocator in ("default", "keep_freed_memory"):  # a process-wide setting: one child process each
+            runs += run_variants(base, args.d, variants, device, all_views, allocator)
         print(f"\n[step] log-mel front end per batch: nnaudio {fe_times['nnaudio'] * 1e3:.0f} ms, torchaudio "
               f"{fe_times['torchaudio'] * 1e3:.0f} ms; augmentation with {args.frontend} (log-mel, pre-norm, views, "
               f"post-norm) {aug * 1e3:.0f} ms per batch (median; same for every variant)")
-        print(f"{'variant':24s} {'model ms':>9s} {'samples/s':>10s} {'vs eager':>9s} {'aug share':>10s} "
+        print(f"{'variant':34s} {'model ms':>9s} {'samples/s':>10s} {'vs eager':>9s} {'aug share':>10s} "
               f"{'max |Δloss|/loss':>17s}")
-        eager_total = statistics.median(runs[0].times[1:] or runs[0].times) + aug
-        best = runs[0]
-        for run in runs:
-            model = statistics.median(run.times[1:] or run.times)
-            total = model + aug
-            diff = max(abs(a - b) / abs(b) for a, b in zip(run.losses, runs[0].losses))
-            print(f"{run.name:24s} {model * 1e3:9.0f} {args.batch / total:10.1f} {eager_total / total:8.2f}x "
+        medians = {name: statistics.median(times[1:] or times) for name, times, _ in runs}
+        eager_losses = runs[0][2]
+        eager_total = medians["eager"] + aug
+        for name, times, losses in runs:
+            total = medians[name] + aug
+            diff = max(abs(a - b) / abs(b) for a, b in zip(losses, eager_losses))
+            print(f"{name:34s} {medians[name] * 1e3:9.0f} {args.batch / total:10.1f} {eager_total / total:8.2f}x "
                   f"{aug / total:9.1%} {diff:17.2e}")
-            if model < statistics.median(best.times[1:] or best.times):
-                best = run
+        best = min(medians, key=medians.get)
         print("loss curves (first steps): " + "; ".join(
-            f"{r.name}: " + ", ".join(f"{v:.5f}" for v in r.losses) for r in runs))
+            f"{name}: " + ", ".join(f"{v:.5f}" for v in losses) for name, _, losses in runs))
 
         # The full pipeline through the Trainer with the fastest variant: how long each step waits for data.
         if args.trainer_steps > 0:
+            if "keep_freed_memory" in best:
+                keep_freed_memory()
             engine = build_engine(args.d, device)
-            if "channels_last" in best.name:
+            if "channels_last" in best:
                 engine.to(memory_format=torch.channels_last)
-            if "compile" in best.name:
+            if "compile" in best:
                 engine.encoder.compile()
             mv = make_views_module(device, 0, args.frontend)
-            mv.channels_last = "channels_last" in best.name
+            mv.channels_last = "channels_last" in best
             run_dir = tmp / "run"
             Trainer(engine, lambda p: torch.optim.Adam(p, lr=1e-4), ds, mv, run_dir, batch_size=args.batch,
                     steps=args.trainer_steps, num_workers=args.workers, device=device, progress=False,
-                    amp="bf16" if "bf16" in best.name else "off", sync_timing=True,
+                    amp="bf16" if "bf16" in best else "off", sync_timing=True,
                     checkpoint_every=10 ** 9).fit()
             with open(run_dir / "log.csv", newline="") as f:
                 rows = list(csv.DictReader(f))[1:] or []
             if rows:
                 med = {k: statistics.median(float(r[k]) for r in rows) for k in ("data_wait_s", "views_s", "step_s")}
-                print(f"\n[trainer, {best.name}] per step (median of {len(rows)} after warm-up): data wait "
+                print(f"\n[trainer, {best}] per step (median of {len(rows)} after warm-up): data wait "
                       f"{med['data_wait_s'] * 1e3:.0f} ms, augmentation {med['views_s'] * 1e3:.0f} ms, "
                       f"whole step {med['step_s'] * 1e3:.0f} ms -> {args.batch / med['step_s']:.1f} samples/s; "
                       f"data wait {med['data_wait_s'] / med['step_s']:.1%} of the step")

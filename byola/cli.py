@@ -185,7 +185,11 @@ class Commands:
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. Keeps freed memory in the process heap (`byola.runtime.keep_freed_memory`): every
+    command here allocates large tensors over and over, which glibc would otherwise map and page-fault anew."""
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()
     fire.Fire(Commands, name="byola")
 
 
