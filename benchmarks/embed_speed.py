@@ -7,6 +7,7 @@ For AudioNTT2020 d=512 (random weights: speed does not depend on them) it prints
   (b) the encoder alone optimized (byola.models.optimize_for_inference) in one process, and as `embed` runs it
       on a CPU (in one single-threaded worker process per core), and the max relative difference from (a);
   (c) `embed_files` end to end (decoding, resampling, frontend, model) on spcv2_12 and esc50_f4;
+(b)'s embed line and (c) run with `byola.runtime.keep_freed_memory()`, as the `byola` command does;
 and with --hour, the peak resident memory of `byola embed` on a generated one-hour file, next to the same
 command on a one-minute file.
 """
@@ -26,10 +27,12 @@ import torch
 
 import byola
 from _timing import clips_per_s, parallel_clips_per_s  # benchmarks/ is on sys.path when a script runs
+from byola.audio import load_audio_if_shorter
 from byola.checkpoint import save_checkpoint
 from byola.frontend import LogMelSpectrogram
 from byola.models import build_encoder, optimize_for_inference
 from byola.norm import NormStats
+from byola.runtime import keep_freed_memory
 
 
 def peak_rss_mb(cmd: list[str]) -> float:
@@ -38,6 +41,34 @@ def peak_rss_mb(cmd: list[str]) -> float:
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     done = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
     return int(done.stdout.strip().splitlines()[-1]) / 1024
+
+
+def cost_split(files: list[Path], model: byola.Embedder, encoder: torch.nn.Module) -> None:
+    """(d) What one single-threaded worker spends per clip on decoding, log-mel and encoder, and the share of the
+    encoder: the most end to end can reach of the encoder-alone rate when every core runs such a worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    waves = [load_audio_if_shorter(f, 600.0) for f in files]
+    decode = (time.perf_counter() - t0) / len(files)
+    by_length: dict[int, list[torch.Tensor]] = {}
+    for w in waves:
+        by_length.setdefault(len(w), []).append(w)
+    batches = [torch.stack(group[i:i + 16]) for group in by_length.values() for i in range(0, len(group), 16)]
+    with torch.inference_mode():
+        model._normalized_logmel(batches[0])
+        t0 = time.perf_counter()
+        mels = [model._normalized_logmel(b).unsqueeze(1) for b in batches]
+        logmel = (time.perf_counter() - t0) / len(files)
+        encoder(mels[0])
+        t0 = time.perf_counter()
+        for m in mels:
+            encoder(m)
+        enc = (time.perf_counter() - t0) / len(files)
+    torch.set_num_threads(threads)
+    print(f"(d)   one thread, per clip: decoding {decode * 1e3:.2f} ms, log-mel {logmel * 1e3:.2f} ms, encoder "
+          f"{enc * 1e3:.2f} ms -> encoder share {enc / (decode + logmel + enc):.0%} (the ceiling of end to end / "
+          "encoder alone)")
 
 
 def main() -> None:
@@ -71,13 +102,15 @@ def main() -> None:
         print(f"(b) encoder optimized, {label:20s}, one process:  {optimized:8.1f} clips/s = "
               f"{optimized / eager:.2f}x (a), max rel diff {rel:.1e}")
     fast = optimize_for_inference(encoder, compile=args.compile, micro_batch=16)
+    # From here on, glibc keeps freed memory for reuse, as the `byola` command sets it (byola.runtime).
+    keep_freed_memory()
 
     def encoder_as_embed(x: torch.Tensor) -> float:
         """The encoder alone as `embed` runs it on a CPU: micro-batches of 16 in `workers` 1-thread processes."""
         return parallel_clips_per_s(fast, x, args.batch, workers)
 
     parallel = encoder_as_embed(mels)
-    print(f"(b) encoder as embed runs it ({workers} 1-thread worker processes, micro-batches of 16"
+    print(f"(b) encoder as embed runs it ({workers} 1-thread worker processes, micro-batches of 16, keep_freed_memory"
           f"{', compiled' if args.compile else ''}): {parallel:8.1f} clips/s = {parallel / eager:.2f}x (a)")
 
     # (c) end to end.
@@ -100,6 +133,8 @@ def main() -> None:
               f"{summary.ok / elapsed:.1f} clips/s, {audio_s / elapsed:.1f} audio-s/s; encoder alone as embed runs "
               f"it on {frames}-frame clips {enc_only:.1f} clips/s -> end-to-end {summary.ok / elapsed / enc_only:.0%}"
               " of it")
+
+        cost_split(files[:512], model, fast)
 
     if args.hour:
         for label, seconds in (("one minute", 60), ("one hour", 3600)):
