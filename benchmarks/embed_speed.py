@@ -35,12 +35,43 @@ from byola.norm import NormStats
 from byola.runtime import keep_freed_memory
 
 
-def peak_rss_mb(cmd: list[str]) -> float:
-    """Peak resident memory (MB) of a command run in a fresh process."""
+def _tree_pss_bytes(root: int) -> int:
+    """Proportional resident memory (PSS: pages shared between processes counted once in all) of a process and
+    all its descendants now, from /proc (Linux)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree, grew = tree | more, bool(more)
+    total = 0
+    for pid in tree:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            total += int(rollup.split("\nPss:")[1].split()[0]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
+    """Peak resident memory (MB) of a command run in a fresh process: RSS of its largest process (getrusage), and
+    PSS of all its processes together (worker processes included; sampled every 20 ms)."""
     code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=False);"
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    done = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
-    return int(done.stdout.strip().splitlines()[-1]) / 1024
+    proc = subprocess.Popen([sys.executable, "-c", code, *cmd], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    total = 0
+    while proc.poll() is None:
+        total = max(total, _tree_pss_bytes(proc.pid))
+        time.sleep(0.02)
+    largest = int(proc.stdout.read().strip().splitlines()[-1]) / 1024
+    return largest, total / 2 ** 20
 
 
 def cost_split(files: list[Path], model: byola.Embedder, encoder: torch.nn.Module) -> None:
@@ -145,7 +176,8 @@ def main() -> None:
                     f.write((0.1 * rng.standard_normal(960000)).astype(np.float32))
             rss = peak_rss_mb([sys.executable, "-m", "byola", "embed", str(path), "--checkpoint", str(ckpt),
                                "--out", str(tmp / f"out_{seconds}"), "--progress", "False"])
-            print(f"peak RSS, byola embed on a {label} file: {rss:.0f} MB")
+            print(f"peak RSS, byola embed on a {label} file: {rss[0]:.0f} MB in its largest process, "
+                  f"{rss[1]:.0f} MB PSS in all its processes together")
     print(f"(work files in {tmp})")
 
 

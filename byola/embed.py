@@ -28,8 +28,8 @@ from .frontend import LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
 from .norm import NormStats, PreNormalization, compute_norm_stats
 
-# Log-mel frames computed per encoder chunk (60 s of audio at hop 160). A multiple of every encoder's frame_hop.
-CHUNK_FRAMES = 6000
+# Log-mel frames computed per encoder chunk (20 s of audio at hop 160). A multiple of every encoder's frame_hop.
+CHUNK_FRAMES = 2000
 # Encoder context on each side of a chunk, in log-mel frames: more than the receptive field of AudioNTT2020/2022
 # (22 frames), and a multiple of 8 so chunk borders stay on the output-frame grid.
 _ENCODER_CONTEXT = 64
@@ -343,7 +343,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 @dataclass
 class _Item:
     """One input file's way through `embed_files`: decoded (`wave`), embedded (`clip`, `frames`), failed (`error`) or
-    left to the main process to stream (`stream`, for long files)."""
+    to be read from disk in blocks (`stream`, for files longer than `max_load_sec`)."""
 
     file: str
     wave: torch.Tensor | None = None
@@ -359,11 +359,19 @@ def _failure(file: str, err: Exception) -> str:
 
 
 def _embed_items(embedder: "Embedder", items: list[_Item], frames: bool) -> None:
-    """Embed the decoded items in place, in batches of equal length (a file's embedding never depends on its
-    neighbours: nothing is padded). A batch the model rejects (e.g. clips shorter than its minimum) fails per file."""
+    """Embed the decoded (or to be streamed) items in place.
+
+    Clips of up to `CHUNK_FRAMES` log-mel frames run in batches of equal length (a file's embedding never depends
+    on its neighbours: nothing is padded); longer ones run alone in chunks, so memory stays bounded. A batch the
+    model rejects (e.g. clips shorter than its minimum) fails per file.
+    """
     groups: dict[int, list[_Item]] = {}
     for item in items:
-        if item.wave is not None:
+        if item.stream:
+            _embed_in_chunks(embedder, item, stream_audio(item.file, embedder.sample_rate), frames)
+        elif item.wave is not None and embedder.frontend.n_frames(len(item.wave)) > CHUNK_FRAMES:
+            _embed_in_chunks(embedder, item, [item.wave], frames)
+        elif item.wave is not None:
             groups.setdefault(len(item.wave), []).append(item)
     for group in groups.values():
         waves = torch.stack([item.wave for item in group])
@@ -380,6 +388,22 @@ def _embed_items(embedder: "Embedder", items: list[_Item], frames: bool) -> None
         for k, item in enumerate(group):
             item.wave, item.clip = None, clips[k].float().cpu()
             item.frames = None if frame_emb is None else frame_emb[k].float().cpu()
+
+
+def _embed_in_chunks(embedder: "Embedder", item: _Item, blocks: Iterable[torch.Tensor], frames: bool) -> None:
+    """Embed one long input given as waveform blocks, chunk by chunk (`Embedder._stream_frame_embeddings`)."""
+    try:
+        chunks = embedder._stream_frame_embeddings(blocks)
+        if frames:  # frame embeddings are kept whole; clip embeddings pool on the fly
+            item.frames = torch.cat(list(chunks)).float().cpu()
+            item.clip = pool_frames([item.frames])
+        else:
+            item.clip = pool_frames(chunks).float().cpu()
+        if item.stream:
+            item.duration_s = audio_duration(item.file)
+    except Exception as err:  # noqa: BLE001 -- reported per file, the run goes on
+        item.error = _failure(item.file, err)
+    item.wave, item.stream = None, False
 
 
 class _Chunks(torch.utils.data.Dataset):
@@ -422,20 +446,20 @@ def _unbatched(item: list[_Item]) -> list[_Item]:
 
 def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
                 batch_size: int = 64, frames: bool = False, num_workers: int | None = None,
-                max_load_sec: float = 600.0, progress: bool = True, flush_every: int = 256) -> EmbedSummary:
+                max_load_sec: float = 60.0, progress: bool = True, flush_every: int = 256) -> EmbedSummary:
     """Embed `paths` into `out`: `embeddings.npy` (float32, one row per ok file) and `index.csv`.
 
-    Files are read in chunks of `batch_size` (at most 32 in CPU workers); the files of a chunk with equal decoded
-    length form one model batch
-    (so a file's embedding never depends on its batch neighbours); files longer than `max_load_sec` are streamed in
-    bounded-memory chunks. With `frames=True`, each ok file's frame embeddings and their timestamps (ms) go to
-    `out/frames/<hash>.npz` (`embeddings`, `timestamps_ms`), named in index.csv's `frames` column. Finished work is
-    saved in shards every `flush_every` files, so rerunning on the same `out` skips it. Failed files are recorded
-    with their error and retried on the next run.
+    Files are read in chunks of `batch_size` (at most 32 in CPU workers); the clips of a chunk with equal decoded
+    length form one model batch (so a file's embedding never depends on its batch neighbours). Memory stays bounded
+    whatever the length: clips longer than `CHUNK_FRAMES` log-mel frames (20 s) run alone in chunks, and files
+    longer than `max_load_sec` are also read from disk in blocks. With `frames=True`, each ok file's frame
+    embeddings and their timestamps (ms) go to `out/frames/<hash>.npz` (`embeddings`, `timestamps_ms`), named in
+    index.csv's `frames` column. Finished work is saved in shards every `flush_every` files, so rerunning on the
+    same `out` skips it. Failed files are recorded with their error and retried on the next run.
 
     `num_workers` DataLoader worker processes (default: one per CPU core on a CPU model, 2 on an accelerator) decode
     the files. On a CPU model they also run the model, each on one thread: on this project's 2-core benchmark
-    machine, two single-threaded processes embed faster than one process on two threads, and decoding then never
+    machine, two single- threaded processes embed faster than one process on two threads, and decoding then never
     competes with the model's threads (benchmarks/embed_speed.py). With `num_workers=0` everything runs in this
     process.
     """
@@ -481,26 +505,11 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
         pending_records.append(rec)
         pending_emb.append(item.clip.numpy())
 
-    def stream(item: _Item) -> None:
-        file = item.file
-        try:
-            chunks_out = embedder._stream_frame_embeddings(stream_audio(file, embedder.sample_rate))
-            if frames:  # frame embeddings are written whole; clip embeddings pool on the fly
-                item.frames = torch.cat(list(chunks_out)).float().cpu()
-                item.clip = pool_frames([item.frames])
-            else:
-                item.clip = pool_frames(chunks_out).float().cpu()
-            item.duration_s = audio_duration(file)
-        except Exception as err:  # noqa: BLE001 -- reported per file, the run goes on
-            item.error = _failure(file, err)
-
     with tqdm(total=len(todo), desc="embed", unit="file", disable=not progress) as bar:
         for items in loader:
             if not in_workers:
                 _embed_items(embedder, items, frames)
             for item in items:
-                if item.stream:
-                    stream(item)
                 record(item)
             bar.update(len(items))
             if len(pending_records) >= flush_every:
