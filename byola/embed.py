@@ -459,7 +459,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
 
     `num_workers` DataLoader worker processes (default: one per CPU core on a CPU model, 2 on an accelerator) decode
     the files. On a CPU model they also run the model, each on one thread: on this project's 2-core benchmark
-    machine, two single- threaded processes embed faster than one process on two threads, and decoding then never
+    machine, two single-threaded processes embed faster than one process on two threads, and decoding then never
     competes with the model's threads (benchmarks/embed_speed.py). With `num_workers=0` everything runs in this
     process.
     """
