@@ -4,7 +4,11 @@ Modality-free: heads act on ``[B, D]`` embeddings; the norm helpers act on any `
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
 NORMS = ("bn", "ln", "gn", "none")
@@ -147,10 +151,73 @@ def standardize_convs(module: nn.Module) -> nn.Module:
     return module
 
 
+def affine_norms(modules: Iterable[nn.Module]) -> list[nn.Module]:
+    """The GroupNorm and LayerNorm layers with a per-channel affine inside ``modules`` (those
+    :func:`calibrate_norms` can set)."""
+    found: list[nn.Module] = []
+    for module in modules:
+        for m in module.modules():
+            if (isinstance(m, nn.GroupNorm) and m.affine) or (
+                    isinstance(m, nn.LayerNorm) and m.elementwise_affine and len(m.normalized_shape) == 1
+                    and m.weight is not None and m.bias is not None):
+                found.append(m)
+    return found
+
+
+@contextmanager
+def calibrate_norms(modules: Iterable[nn.Module], eps: float = 1e-5, sync_dist: bool = True) -> Iterator[int]:
+    """Data-dependent initialization of batch-independent norm layers (Richemond et al. 2020, "BYOL works even
+    without batch statistics": a BN-free network should start with outputs as well scaled as a BatchNorm one).
+
+    Inside the ``with`` block, every forward call of a GroupNorm / LayerNorm (per-channel affine) in ``modules``
+    standardizes its output per channel over the batch (and spatial/temporal dims) and folds that into its affine:
+    ``γ ← γ/σ``, ``β ← (β − μ)/σ`` with ``μ, σ²`` the channel's mean and variance of the layer's output
+    (``σ = √(var + eps)``). Layers are set in the order the forward pass reaches them, each seeing the already
+    calibrated layers before it, so that on the calibration batch the network computes what a BatchNorm network
+    (γ = 1, β = 0, batch statistics) would, up to the per-sample normalization kept by GN/LN; afterwards the
+    layers stay batch-independent. Without this, per-sample normalization followed by ReLU and pooling gives
+    every input nearly the same embedding at initialization (pairwise cosine ≈ 0.97 on the digits benchmark;
+    BatchNorm heads: 0.3), a start next to BYOL's collapsed solution. Under ``torch.distributed`` (``sync_dist``)
+    the sums are all-reduced so every rank sets the same values. Yields the number of layers found; each layer is
+    calibrated at most once (its first call inside the block).
+    """
+    layers = affine_norms(modules)
+    done: set[int] = set()
+    sync = sync_dist and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def hook(layer: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if id(layer) in done:
+            return None
+        done.add(id(layer))
+        if output.dim() < 2 or output.shape[1] != layer.weight.numel():
+            raise ValueError(f"calibrate_norms: {type(layer).__name__} output {tuple(output.shape)} has no channel "
+                             f"dim 1 of size {layer.weight.numel()}")
+        dims = [0, *range(2, output.dim())]
+        y = output.float()
+        count = torch.full((y.shape[1],), y.numel() / y.shape[1], device=y.device)
+        stats = torch.stack([y.sum(dims), (y * y).sum(dims), count])
+        if sync:
+            dist.all_reduce(stats)
+        mean = stats[0] / stats[2]
+        std = (stats[1] / stats[2] - mean * mean).clamp_min(0).add(eps).sqrt()
+        with torch.no_grad():
+            layer.weight.div_(std.to(layer.weight.dtype))
+            layer.bias.sub_(mean.to(layer.bias.dtype)).div_(std.to(layer.bias.dtype))
+        shape = (1, -1) + (1,) * (output.dim() - 2)
+        return ((y - mean.view(shape)) / std.view(shape)).to(output.dtype)
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        yield len(layers)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def has_batchnorm(module: nn.Module) -> bool:
     """Whether any BatchNorm layer remains in ``module``."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 __all__ = ["NORMS", "MLP", "WSConv2d", "group_count", "make_norm", "replace_batchnorm", "standardize_convs",
-           "has_batchnorm"]
+           "has_batchnorm", "affine_norms", "calibrate_norms"]
