@@ -102,6 +102,8 @@ class BYOL(nn.Module):
             batch-standardized outputs, as BatchNorm gives at initialization), then copy the online network into
             the targets. For BN-free variants, whose per-sample norms otherwise start near a collapsed
             (constant) output. Done once: a ``data_init_done`` buffer records it (checkpoints, resume).
+        head_weight_standardization: weight-standardized linear layers (:class:`~byola.engine.heads.WSLinear`) in
+            the projector and the MLP predictor (BN-free heads).
         predictor_lr_scale: learning-rate multiplier of the trainable predictor's parameters relative to the
             rest (:meth:`parameter_groups`; DirectPred, Tian et al. 2021, trains the predictor faster, e.g. 10×).
     """
@@ -112,7 +114,7 @@ class BYOL(nn.Module):
                  pairs: Sequence[Pair] = BYOL_PAIRS, pair_weights: Sequence[float] | None = None,
                  extra_losses: Iterable[LossTerm] = (), tau_base: float = 0.99, tau_schedule: str = "cosine",
                  target_update: str = "all", target_mode: str = "train", data_init: bool = False,
-                 predictor_lr_scale: float = 1.0):
+                 head_weight_standardization: bool = False, predictor_lr_scale: float = 1.0):
         super().__init__()
         if n_targets < 1:
             raise ValueError(f"n_targets must be >= 1, got {n_targets}")
@@ -140,13 +142,16 @@ class BYOL(nn.Module):
         self.tau_base, self.tau_schedule = float(tau_base), tau_schedule
         self.target_update, self.target_mode = target_update, target_mode
 
-        projector = MLP(embed_dim, projector_hidden, projector_dim, norm=head_norm)
+        projector = MLP(embed_dim, projector_hidden, projector_dim, norm=head_norm,
+                        weight_standardization=head_weight_standardization)
         self.online = nn.Sequential(OrderedDict(encoder=encoder, projector=projector))
         if isinstance(predictor, nn.Module):
             self.predictor = predictor
         else:
-            self.predictor = build_predictor(predictor, projector_dim, predictor_hidden, head_norm,
-                                             **(predictor_params or {}))
+            params = dict(predictor_params or {})
+            if predictor == "mlp" and head_weight_standardization:
+                params["weight_standardization"] = True
+            self.predictor = build_predictor(predictor, projector_dim, predictor_hidden, head_norm, **params)
         self.targets = nn.ModuleList(copy.deepcopy(self.online) for _ in range(n_targets))
         for target in self.targets:
             target.requires_grad_(False)

@@ -49,6 +49,21 @@ def make_norm(norm: str, dim: int, groups: int = 32) -> nn.Module:
     return nn.Identity()
 
 
+class WSLinear(nn.Linear):
+    """Linear layer with weight standardization: each output unit's weights are standardized to zero mean and unit
+    variance over the inputs before use (Qiao et al. 2019's WS applied to a linear layer, i.e. a 1×1 convolution).
+    Zero-mean weights make the unit blind to the per-sample mean of its input (``w·x = w·(x − mean(x))``)."""
+
+    def __init__(self, *args, eps: float = 1e-5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        var, mean = torch.var_mean(w, dim=1, keepdim=True, unbiased=False)
+        return nn.functional.linear(x, (w - mean) / torch.sqrt(var + self.eps), self.bias)
+
+
 class MLP(nn.Module):
     """Linear → norm → ReLU → Linear: BYOL's projector (d→4096→256) and predictor (256→4096→256).
 
@@ -56,20 +71,24 @@ class MLP(nn.Module):
         in_dim, hidden_dim, out_dim: layer widths.
         norm: ``"bn"`` (BYOL), ``"ln"``, ``"gn"`` or ``"none"`` (BN-free variants).
         groups: maximum group count for ``norm="gn"``.
+        weight_standardization: both linear layers are :class:`WSLinear` (BN-free heads; same state-dict keys).
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256, norm: str = "bn", groups: int = 32):
+    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256, norm: str = "bn", groups: int = 32,
+                 weight_standardization: bool = False):
         super().__init__()
         _check_norm(norm)
         for name, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
         self.in_dim, self.hidden_dim, self.out_dim, self.norm_kind = in_dim, hidden_dim, out_dim, norm
+        self.weight_standardization = bool(weight_standardization)
+        linear = WSLinear if weight_standardization else nn.Linear
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
+            linear(in_dim, hidden_dim),
             make_norm(norm, hidden_dim, groups),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
+            linear(hidden_dim, out_dim),
         )
 
     def forward(self, x: torch.Tensor, z_target: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,5 +238,5 @@ def has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-__all__ = ["NORMS", "MLP", "WSConv2d", "group_count", "make_norm", "replace_batchnorm", "standardize_convs",
+__all__ = ["NORMS", "MLP", "WSConv2d", "WSLinear", "group_count", "make_norm", "replace_batchnorm", "standardize_convs",
            "has_batchnorm", "affine_norms", "calibrate_norms"]
