@@ -191,7 +191,7 @@ def calibrate_norms(modules: Iterable[nn.Module], eps: float = 1e-5, sync_dist: 
     Inside the ``with`` block, every forward call of a GroupNorm / LayerNorm (per-channel affine) in ``modules``
     standardizes its output per channel over the batch (and spatial/temporal dims) and folds that into its affine:
     ``γ ← γ/σ``, ``β ← (β − μ)/σ`` with ``μ, σ²`` the channel's mean and variance of the layer's output
-    (``σ = √(var + eps)``). Layers are set in the order the forward pass reaches them, each seeing the already
+    (``σ = √(var + eps)``; a channel with variance ≤ ``eps`` is only centred). Layers are set in the order the forward pass reaches them, each seeing the already
     calibrated layers before it, so that on the calibration batch the network computes what a BatchNorm network
     (γ = 1, β = 0, batch statistics) would, up to the per-sample normalization kept by GN/LN; afterwards the
     layers stay batch-independent. Without this, per-sample normalization followed by ReLU and pooling gives
@@ -218,7 +218,8 @@ def calibrate_norms(modules: Iterable[nn.Module], eps: float = 1e-5, sync_dist: 
         if sync:
             dist.all_reduce(stats)
         mean = stats[0] / stats[2]
-        std = (stats[1] / stats[2] - mean * mean).clamp_min(0).add(eps).sqrt()
+        var = (stats[1] / stats[2] - mean * mean).clamp_min(0)
+        std = torch.where(var > eps, (var + eps).sqrt(), torch.ones_like(var))  # constant channel: centre only
         with torch.no_grad():
             layer.weight.div_(std.to(layer.weight.dtype))
             layer.bias.sub_(mean.to(layer.bias.dtype)).div_(std.to(layer.bias.dtype))
