@@ -137,6 +137,22 @@ def embed_waves(embedder: torch.nn.Module, waves: torch.Tensor, batch: int = 128
     return torch.cat([embedder.embed_batch(waves[i:i + batch]) for i in range(0, len(waves), batch)]).numpy()
 
 
+@torch.no_grad()
+def with_data_bn_statistics(embedder: torch.nn.Module, waves: torch.Tensor, batch: int = 128) -> torch.nn.Module:
+    """Replace the encoder's BatchNorm running statistics by the exact statistics of its inputs on ``waves`` (the
+    pretraining clips; no labels): the random network as it would be if it had only seen the data, not the loss."""
+    encoder = embedder.encoder
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    encoder.train()
+    for i in range(0, len(waves), batch):
+        encoder(embedder._normalized_logmel(waves[i:i + batch]).unsqueeze(1))
+    encoder.eval()
+    return embedder
+
+
 def audio_table(args: argparse.Namespace, work: Path) -> None:
     if not (FSDD / "fsdd_digit.csv").exists():
         print(f"\n## Audio: skipped ({FSDD} is absent)")
@@ -154,13 +170,15 @@ def audio_table(args: argparse.Namespace, work: Path) -> None:
     print(f"\n## Audio: FSDD digits ({len(tr)} train / {len(te)} test clips of 1 s), AudioNTT2020 conv 16 d 256, "
           f"heads 1024/128, Adam 3e-4, {args.audio_steps} steps, pretrained on the train clips, seeds {seeds}")
     print("Each run is paired with its own starting point: the random init of the same seed (the weights the run "
-          "started from), same frontend and normalization statistics.")
-    print("| method (recipe) | batch | trained, per seed | random init, per seed | trained mean | random init mean "
-          "| paired gain (mean, min) | loss first→last (seed 0) | s/run |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "started from), same frontend and normalization statistics; 'random, data BN' is that init with its "
+          "BatchNorm running statistics measured on the pretraining clips (at init they are mean 0, variance 1).")
+    print("| method (recipe) | batch | trained, per seed | random init, per seed | random, data BN, per seed "
+          "| trained mean | random mean | random, data BN mean | paired gain over random (mean, min) "
+          "| loss first→last (seed 0) | s/run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for recipe, label in (("byola_v2", "BYOL (byola_v2, byola)"), ("tribyola", "TriBYOL (tribyola)")):
         for batch in (int(b) for b in args.audio_batches.split(",")):
-            accs, rnds, seconds, losses = [], [], 0.0, None
+            accs, rnds, rnd_bns, seconds, losses = [], [], [], 0.0, None
             for seed in seeds:
                 run = work / f"audio-{recipe}-{batch}-{seed}"
                 t0 = time.perf_counter()
@@ -171,10 +189,13 @@ def audio_table(args: argparse.Namespace, work: Path) -> None:
                 accs.append(probe(embed_waves(emb, tr), y_tr, embed_waves(emb, te), y_te))
                 rnd = load(model, random_init=seed)  # pretrain seeds the model with `seed`: the run's own init
                 rnds.append(probe(embed_waves(rnd, tr), y_tr, embed_waves(rnd, te), y_te))
+                rnd = with_data_bn_statistics(load(model, random_init=seed, optimize=False), tr)
+                rnd_bns.append(probe(embed_waves(rnd, tr), y_tr, embed_waves(rnd, te), y_te))
                 losses = losses or final_loss(run)
             gains = np.subtract(accs, rnds)
             print(f"| {label} | {batch} | {' '.join(f'{a:.4f}' for a in accs)} | {' '.join(f'{a:.4f}' for a in rnds)} "
-                  f"| {np.mean(accs):.4f} | {np.mean(rnds):.4f} | {gains.mean():+.4f}, {gains.min():+.4f} "
+                  f"| {' '.join(f'{a:.4f}' for a in rnd_bns)} | {np.mean(accs):.4f} | {np.mean(rnds):.4f} "
+                  f"| {np.mean(rnd_bns):.4f} | {gains.mean():+.4f}, {gains.min():+.4f} "
                   f"| {losses[0]:.3f} → {losses[1]:.3f} | {seconds / len(seeds):.0f} |", flush=True)
 
 
