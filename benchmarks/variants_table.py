@@ -11,7 +11,9 @@ Audio: the Free Spoken Digit Dataset (``/work/shared/data/fsdd``, 10 digits): BY
 ``byola``) and TriBYOL (``tribyola``) pretrained on the train-split clips with a small AudioNTT2020 (16 conv
 channels, d 256), at batch sizes 16 and 64, the same number of steps each; probe on 1-s clips of the train split,
 scored on the test split. Each run is compared with the weights it started from (the random init of its seed), over
-several seeds: the probe accuracy of the random encoder alone varies by about 9 points across seeds.
+several seeds: the probe accuracy of the random encoder alone varies by about 9 points across seeds. A second
+baseline gives that random encoder BatchNorm statistics measured on the train clips (a fresh BatchNorm has mean 0,
+variance 1, i.e. acts as the identity in eval mode).
 
     PYTHONPATH=. python benchmarks/variants_table.py [--part images|audio|all] [--seeds 0,1] [--steps 300]
 
