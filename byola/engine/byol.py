@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .heads import MLP
+from .heads import MLP, calibrate_norms
 from .losses import LossTerm, byol_loss
 from .predictors import ClosedFormPredictor, build_predictor
 
@@ -97,6 +97,15 @@ class BYOL(nn.Module):
         target_mode: ``"train"`` (default, as BYOL: target BatchNorm uses batch statistics) or ``"eval"``
             (target BatchNorm uses running statistics, which are copied from the online network at each update).
             Only matters when the model is in training mode; ``model.eval()`` puts targets in eval mode too.
+        data_init: on the first training forward call, set the affine of every GroupNorm/LayerNorm of the online
+            network and MLP predictor from that batch (:func:`~byola.engine.heads.calibrate_norms`: per-channel
+            batch-standardized outputs, as BatchNorm gives at initialization), then copy the online network into
+            the targets. For BN-free variants, whose per-sample norms otherwise start near a collapsed
+            (constant) output. Done once: a ``data_init_done`` buffer records it (checkpoints, resume).
+        head_weight_standardization: weight-standardized linear layers (:class:`~byola.engine.heads.WSLinear`) in
+            the projector and the MLP predictor (BN-free heads).
+        predictor_lr_scale: learning-rate multiplier of the trainable predictor's parameters relative to the
+            rest (:meth:`parameter_groups`; DirectPred, Tian et al. 2021, trains the predictor faster, e.g. 10×).
     """
 
     def __init__(self, encoder: nn.Module, embed_dim: int, projector_hidden: int = 4096, projector_dim: int = 256,
@@ -104,7 +113,8 @@ class BYOL(nn.Module):
                  predictor_params: dict | None = None, head_norm: str = "bn", n_targets: int = 1,
                  pairs: Sequence[Pair] = BYOL_PAIRS, pair_weights: Sequence[float] | None = None,
                  extra_losses: Iterable[LossTerm] = (), tau_base: float = 0.99, tau_schedule: str = "cosine",
-                 target_update: str = "all", target_mode: str = "train"):
+                 target_update: str = "all", target_mode: str = "train", data_init: bool = False,
+                 head_weight_standardization: bool = False, predictor_lr_scale: float = 1.0):
         super().__init__()
         if n_targets < 1:
             raise ValueError(f"n_targets must be >= 1, got {n_targets}")
@@ -132,16 +142,25 @@ class BYOL(nn.Module):
         self.tau_base, self.tau_schedule = float(tau_base), tau_schedule
         self.target_update, self.target_mode = target_update, target_mode
 
-        projector = MLP(embed_dim, projector_hidden, projector_dim, norm=head_norm)
+        projector = MLP(embed_dim, projector_hidden, projector_dim, norm=head_norm,
+                        weight_standardization=head_weight_standardization)
         self.online = nn.Sequential(OrderedDict(encoder=encoder, projector=projector))
         if isinstance(predictor, nn.Module):
             self.predictor = predictor
         else:
-            self.predictor = build_predictor(predictor, projector_dim, predictor_hidden, head_norm,
-                                             **(predictor_params or {}))
+            params = dict(predictor_params or {})
+            if predictor == "mlp" and head_weight_standardization:
+                params["weight_standardization"] = True
+            self.predictor = build_predictor(predictor, projector_dim, predictor_hidden, head_norm, **params)
         self.targets = nn.ModuleList(copy.deepcopy(self.online) for _ in range(n_targets))
         for target in self.targets:
             target.requires_grad_(False)
+        if predictor_lr_scale <= 0:
+            raise ValueError(f"predictor_lr_scale must be positive, got {predictor_lr_scale}")
+        self.predictor_lr_scale = float(predictor_lr_scale)
+        self.data_init = bool(data_init)
+        if self.data_init:
+            self.register_buffer("data_init_done", torch.zeros((), dtype=torch.bool))
         self.train(self.training)
 
     @property
@@ -158,6 +177,14 @@ class BYOL(nn.Module):
         if mode and self.target_mode == "eval":
             self.targets.eval()
         return self
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer parameter groups: the online network's trainable parameters, then the predictor's with
+        ``lr_scale = predictor_lr_scale`` (read by :class:`~byola.engine.trainer.Trainer`); empty groups left out."""
+        online = [p for p in self.online.parameters() if p.requires_grad]
+        predictor = [p for p in self.predictor.parameters() if p.requires_grad]
+        groups = [{"params": online}, {"params": predictor, "lr_scale": self.predictor_lr_scale}]
+        return [g for g in groups if g["params"]]
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """``(online_module, target_module)`` for every target: the modules :meth:`update_targets` averages."""
@@ -190,6 +217,20 @@ class BYOL(nn.Module):
                 torch._foreach_copy_(list(target.buffers()), online_buffers)
         return tau
 
+    @torch.no_grad()
+    def initialize_from_data(self, views: Sequence[torch.Tensor]) -> int:
+        """Data-dependent init (see ``data_init``) on ``views``; returns the number of layers set."""
+        online_views = [views[i] for i in self.online_views]
+        with calibrate_norms([self.online, self.predictor]) as n_layers:
+            z = _run(self.online, online_views)
+            if isinstance(self.predictor, MLP):
+                self.predictor(torch.cat(z))
+        for target in self.targets:
+            target.load_state_dict(self.online.state_dict())
+        if self.data_init:
+            self.data_init_done.fill_(True)
+        return n_layers
+
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss for a list of already-augmented views (each ``[B, ...]``).
 
@@ -198,6 +239,8 @@ class BYOL(nn.Module):
         """
         if len(views) < self.n_views:
             raise ValueError(f"the declared pairs need {self.n_views} views, got {len(views)}")
+        if self.data_init and self.training and not bool(self.data_init_done):  # one host sync, first call only
+            self.initialize_from_data(views)
         z_online = dict(zip(self.online_views, _run(self.online, [views[i] for i in self.online_views])))
         z_target: dict[tuple[int, int], torch.Tensor] = {}
         with torch.no_grad():

@@ -83,6 +83,14 @@ def _closed_form(kind: str, description: str, **params: Any) -> MethodSpec:
 
 
 _SLR = "Self-Labeling Refinement (2022)"
+# BN-free training settings (ours, measured on the digits benchmark, docs/variants.md). Per-sample norms (GN, LN)
+# start the network next to the collapsed solution: every image gets nearly the same embedding and projection
+# (pairwise cosine 0.97-1.0 vs 0.3 with BatchNorm heads), and BYOL's loss goes to 0 within 300 steps. Three
+# remedies, each a BYOL argument: data_init (norm affines set from the first batch so that they start as BatchNorm
+# would, after Richemond et al. 2020's argument that BN-free BYOL needs a well-scaled initialization),
+# head_weight_standardization (zero-mean head weights ignore the per-sample mean of the post-ReLU embedding, the
+# component all inputs share) and predictor_lr_scale 10 (DirectPred, Tian et al. 2021: a faster predictor).
+_BNFREE = {"data_init": True, "head_weight_standardization": True, "predictor_lr_scale": 10.0}
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
     MethodSpec("byol", "BYOL: symmetric loss, one EMA target, MLP predictor, cosine tau schedule"),
@@ -106,17 +114,22 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
                extra_losses=(LossTerm("ccsl", 0.3),)),
     MethodSpec("byol_cssl", "BYOL + 0.3 × cross-sigmoid similarity loss (θ⁺ 0.8, θ⁻ 0.2, center 0.5, T 0.1)",
                reference=_SLR, extra_losses=(LossTerm("cssl", 0.3),)),
-    MethodSpec("byol_bnfree", "BN-free BYOL: GroupNorm in heads and backbone, weight-standardized convolutions",
-               reference=_SLR, head_norm="gn", backbone_norm="gn", weight_standardization=True),
-    # Ours: with the trainable MLP predictor the BN-free heads collapse (loss -> 0) on the digits benchmark; a
-    # DirectPred predictor (from the projections' correlation, Tian et al. 2021) avoids it (docs/variants.md).
+    MethodSpec("byol_bnfree", "BN-free BYOL: GroupNorm in heads and backbone, weight-standardized convolutions "
+               "and head linears, data-dependent norm init, predictor learning rate x10", reference=_SLR,
+               head_norm="gn", backbone_norm="gn", weight_standardization=True, defaults=_BNFREE),
+    # Ours: the closed-form predictor follows the projections' correlation (Tian et al. 2021) and also avoids the
+    # collapse, without _BNFREE's init (docs/variants.md).
     MethodSpec("byol_bnfree_directpred", "BN-free BYOL (GroupNorm + weight standardization) with the DirectPred "
                "closed-form predictor", reference=_SLR, head_norm="gn", backbone_norm="gn",
                weight_standardization=True, predictor="directpred"),
-    MethodSpec("byol_bnfree_ln", "BN-free BYOL: LayerNorm in heads and backbone (GroupNorm(1, C) in convs)",
-               reference=_SLR, head_norm="ln", backbone_norm="ln"),
-    MethodSpec("byol_bnfree_none", "BN-free BYOL: no normalization in heads and backbone", reference=_SLR,
-               head_norm="none", backbone_norm="none"),
+    MethodSpec("byol_bnfree_ln", "BN-free BYOL: LayerNorm in heads and backbone (GroupNorm(1, C) in convs), "
+               "weight-standardized head linears, data-dependent norm init, predictor learning rate x10",
+               reference=_SLR, head_norm="ln", backbone_norm="ln", defaults=_BNFREE),
+    # An ablation: with no normalization layer there is no affine for data_init to set, and it collapses on the
+    # digits benchmark (docs/variants.md).
+    MethodSpec("byol_bnfree_none", "ablation: BYOL without any normalization layer (weight-standardized head "
+               "linears, predictor learning rate x10)", reference=_SLR, head_norm="none", backbone_norm="none",
+               defaults={**_BNFREE, "data_init": False}),
 ]}
 
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(MethodSpec)} - {"name", "description", "reference", "defaults"}

@@ -264,7 +264,9 @@ class Trainer:
     ``nn.Module`` its ``state_dict`` (e.g. a memory bank) and any ``torch.Generator`` attributes are checkpointed.
 
     Args:
-        model: the engine module. Its trainable parameters go to the optimizer.
+        model: the engine module. Its trainable parameters go to the optimizer: as the parameter groups of
+            ``model.parameter_groups()`` when it has that method (a group's optional ``lr_scale`` multiplies the
+            optimizer's learning rate for that group, e.g. a faster predictor), else as one group.
         optimizer: ``factory(params) -> Optimizer`` (called after the model is on its device) or an optimizer.
         dataset: map-style dataset (``set_epoch(epoch)`` is called, in the worker, before each item when present).
         make_views: the modality's batched augmentation, see above.
@@ -471,9 +473,14 @@ class Trainer:
         model = self.model.to(self.device)
         if isinstance(self.make_views, nn.Module):
             self.make_views.to(self.device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = (self._optimizer_arg if isinstance(self._optimizer_arg, torch.optim.Optimizer)
-                          else self._optimizer_arg(params))
+        groups = getattr(model, "parameter_groups", None)
+        params = groups() if callable(groups) else [p for p in model.parameters() if p.requires_grad]
+        if isinstance(self._optimizer_arg, torch.optim.Optimizer):
+            self.optimizer = self._optimizer_arg
+        else:
+            self.optimizer = self._optimizer_arg(params)
+            for group in self.optimizer.param_groups:  # before the scheduler records the initial rates
+                group["lr"] *= float(group.get("lr_scale", 1.0))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(self.total_steps, self.warmup_steps, self.lr_schedule == "cosine",
                                          self.min_lr_ratio))
