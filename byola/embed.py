@@ -2,8 +2,8 @@
 
 Long inputs are processed in chunks with enough context on both sides that the result equals whole-input
 processing (up to float rounding): the log-mel with `LogMelSpectrogram.stream`, and the encoder on log-mel chunks
-padded with `_ENCODER_CONTEXT` frames, so memory stays bounded whatever the file length. Clip embeddings pool frame embeddings exactly as the encoder does (max over time + mean
-over time), with running max and sum.
+padded with `_ENCODER_CONTEXT` frames, so memory stays bounded whatever the file length. Clip embeddings pool frame
+embeddings exactly as the encoder does (max over time + mean over time), with running max and sum.
 """
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ class Embedder(nn.Module):
     def __init__(self, encoder: nn.Module, frontend: LogMelSpectrogram, norm_stats: NormStats | None,
                  optimize: bool = True, compile: bool = False, micro_batch: int | None = 16) -> None:
         super().__init__()
-        self.encoder = (optimize_for_inference(encoder, compile=compile) if optimize else encoder.eval())
-        self.micro_batch = micro_batch if optimize else None
+        self.encoder = (optimize_for_inference(encoder, micro_batch=micro_batch, compile=compile) if optimize
+                        else encoder.eval())
         self.frontend = frontend
         self.norm_stats = norm_stats
         self.prenorm = PreNormalization(norm_stats.mean, norm_stats.std) if norm_stats else None
@@ -89,7 +89,9 @@ class Embedder(nn.Module):
         return self.prenorm(self.frontend(waves.to(self.device, torch.float32)))
 
     def _micro_batches(self, waves: torch.Tensor, model: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        chunks = waves.split(self.micro_batch) if self.micro_batch else [waves]
+        """`model` on the normalized log-mel of `waves`, in the encoder's micro-batches (frontend included)."""
+        size = self.encoder.micro_batch
+        chunks = waves.split(size) if size else [waves]
         return torch.cat([model(self._normalized_logmel(chunk).unsqueeze(1)) for chunk in chunks])
 
     @torch.inference_mode()

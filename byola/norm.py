@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from byola.audio import AudioError, audio_duration, load_audio, stream_audio
+from byola.audio import AudioError, load_audio, load_audio_if_shorter, stream_audio
 from byola.frontend import LogMelSpectrogram
 
 CROPS = ("random", "start", "center")
@@ -139,13 +139,16 @@ def compute_norm_stats(
     batch: list[torch.Tensor] = []
     for index, item in enumerate(bar):
         try:
-            if unit is None and isinstance(item, (str, os.PathLike)) and audio_duration(item) > max_load_sec:
-                clip = streamed(item)  # before flushing: a bad file must leave no trace
-                if batch:
-                    flush(batch)
-                moments.add(clip.n, clip.mean, clip.m2)
-                continue
-            wave = _as_wave(item, sample_rate)
+            if unit is None and isinstance(item, (str, os.PathLike)):
+                wave = load_audio_if_shorter(item, max_load_sec, sample_rate)  # one open decides and decodes
+                if wave is None:
+                    clip = streamed(item)  # before flushing: a bad file must leave no trace
+                    if batch:
+                        flush(batch)
+                    moments.add(clip.n, clip.mean, clip.m2)
+                    continue
+            else:
+                wave = _as_wave(item, sample_rate)
         except AudioError as e:
             if not skip_errors:
                 raise
