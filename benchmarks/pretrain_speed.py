@@ -38,7 +38,7 @@ from byola.engine.methods import build_method
 from byola.engine.trainer import Trainer
 from byola.frontend import LogMelSpectrogram
 from byola.models import build_encoder
-from byola.norm import PostNormalization, PreNormalization
+from byola.norm import PreNormalization
 from byola.pretrain import AudioBatchViews
 from byola.runtime import keep_freed_memory
 
@@ -76,8 +76,8 @@ def data_throughput(ds: RandomCropDataset, batch: int, workers: int) -> tuple[fl
 
 def make_views_module(device: torch.device, seed: int, backend: str) -> AudioBatchViews:
     frontend = LogMelSpectrogram(backend=backend)
-    views = AudioViews.byola("v2", post_norm=False, generator=torch.Generator(device=device).manual_seed(seed))
-    return AudioBatchViews(frontend, PreNormalization(-8.0, 4.0), views, PostNormalization()).to(device)
+    views = AudioViews.byola("v2", generator=torch.Generator(device=device).manual_seed(seed))
+    return AudioBatchViews(frontend, PreNormalization(-8.0, 4.0), views).to(device)
 
 
 def build_engine(d: int, device: torch.device) -> torch.nn.Module:

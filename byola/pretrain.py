@@ -51,13 +51,13 @@ from byola.augment.audio import AudioViews
 from byola.augment.image import BYOLImageViews
 from byola.checkpoint import save_checkpoint
 from byola.data import RandomCropDataset, scan_corpus
-from byola.engine.methods import MethodSpec, build_method, get_method
+from byola.engine.methods import MethodSpec, build_method, get_method, method_spec_overrides
 from byola.engine.optim import LARS
 from byola.engine.trainer import Trainer, default_device, dist_info, init_distributed, latest_checkpoint
 from byola.frontend import LogMelSpectrogram
 from byola.image_data import build_image_dataset
 from byola.models import build_encoder
-from byola.norm import NormStats, PostNormalization, PreNormalization, compute_norm_stats
+from byola.norm import NormStats, PreNormalization, compute_norm_stats
 
 __all__ = ["pretrain", "resolve_config", "load_recipe", "RECIPES_DIR", "RunningNorm", "AudioBatchViews",
            "ImageBatchViews", "corpus_norm_stats"]
@@ -201,27 +201,23 @@ class RunningNorm(nn.Module):
 class AudioBatchViews(nn.Module):
     """``make_views`` for the trainer: waveforms ``[B, T]`` -> ``n_views`` views ``[B, 1, F, T']`` and batch
     statistics (mean/std of the log-mels after pre-normalization, and of all views before and after
-    post-normalization; left on the device, the trainer reads them once per step)."""
+    post-normalization, from ``AudioViews.last_stats``; left on the device, the trainer reads them once per step)."""
 
-    def __init__(self, frontend: nn.Module, pre_norm: nn.Module, views: AudioViews, post_norm: nn.Module | None,
-                 channels_last: bool = False) -> None:
+    def __init__(self, frontend: nn.Module, pre_norm: nn.Module, views: AudioViews, channels_last: bool = False) -> None:
         super().__init__()
-        if views.post_norm:
-            raise ValueError("give AudioViews(post_norm=False): AudioBatchViews post-normalizes and logs the stats")
-        self.frontend, self.pre_norm, self.views, self.post_norm = frontend, pre_norm, views, post_norm
-        self.channels_last = channels_last
+        self.frontend, self.pre_norm, self.views, self.channels_last = frontend, pre_norm, views, channels_last
 
     def forward(self, waves: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         lms = self.pre_norm(self.frontend(waves)).unsqueeze(1)       # [B, 1, F, T]
-        views = torch.cat(self.views(lms))                            # [n_views * B, 1, F, T]
-        stats = {"lms_mean": lms.mean(), "lms_std": lms.std(), "views_mean_before": views.mean(),
-                 "views_std_before": views.std()}
-        if self.post_norm is not None:
-            views = self.post_norm(views)
-            stats.update(views_mean_after=views.mean(), views_std_after=views.std())
+        views = self.views(lms)
+        seen = self.views.last_stats
+        stats = {"lms_mean": lms.mean(), "lms_std": lms.std(), "views_mean_before": seen["pre_mean"],
+                 "views_std_before": seen["pre_std"]}
+        if self.views.post_norm is not None:
+            stats.update(views_mean_after=seen["post_mean"], views_std_after=seen["post_std"])
         if self.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
-        return list(views.chunk(self.views.n_views)), stats
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views, stats
 
 
 # ------------------------------------------------------------------------------------------------------ statistics
@@ -310,10 +306,9 @@ def _audio_modality(cfg: dict[str, Any], sources: list[str], spec: MethodSpec, o
     pre_norm, fixed_stats = _norm_module(cfg.get("norm", {}), dataset, frontend, out_dir, seed, num_workers,
                                          resume, progress)
     acfg = dict(cfg.get("augment", {}))
-    views = AudioViews.byola(acfg.pop("version", "v2"), n_views=spec.n_views, post_norm=False, generator=generator,
+    views = AudioViews.byola(acfg.pop("version", "v2"), n_views=spec.n_views, generator=generator,
                              **{k: tuple(v) if isinstance(v, list) else v for k, v in acfg.items()})
-    make_views = AudioBatchViews(frontend, pre_norm, views, PostNormalization(),
-                                 channels_last=bool(tcfg.get("channels_last")))
+    make_views = AudioBatchViews(frontend, pre_norm, views, channels_last=bool(tcfg.get("channels_last")))
     return _Modality(dataset, make_views, frontend.config(), lambda: fixed_stats or pre_norm.stats(),
                      {"n_mels": frontend.n_mels}, {"files": len(dataset), "unreadable": len(dataset.unreadable)},
                      num_workers)
@@ -383,8 +378,7 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
         progress = bool(tcfg.get("progress", True)) and info.is_main
         method_cfg = dict(cfg["method"])
         method_name = method_cfg.pop("name")
-        spec = get_method(method_name, **{k: method_cfg[k] for k in ("view_augmentations", "backbone_norm",
-                                                                    "weight_standardization") if k in method_cfg})
+        spec = get_method(method_name, **method_spec_overrides(method_cfg))  # as build_method resolves it
         generator = torch.Generator(device=device).manual_seed(seed * 1000 + info.rank)
         if modality == "audio":
             mod = _audio_modality(cfg, sources, spec, out_dir, seed, generator, resume, progress)

@@ -321,8 +321,9 @@ class AudioViews(nn.Module):
         if self.fader is not None:
             views = self.fader(views)
         pre_std, pre_mean = torch.std_mean(views.detach())
+        post_std, post_mean = pre_std, pre_mean
         if self.post_norm is not None:
             views = self.post_norm(views)
-        post_std, post_mean = torch.std_mean(views.detach())
+            post_std, post_mean = torch.std_mean(views.detach())
         self.last_stats = {"pre_mean": pre_mean, "pre_std": pre_std, "post_mean": post_mean, "post_std": post_std}
         return list(views.chunk(self.n_views, dim=0))

@@ -137,13 +137,16 @@ _BYOL_ARGS = set(inspect.signature(BYOL.__init__).parameters) - {"self", "encode
 
 
 def get_method(name: str, **overrides: Any) -> MethodSpec:
-    """``METHODS[name]`` with spec fields in ``overrides`` replaced (others are rejected)."""
+    """``METHODS[name]`` with spec fields in ``overrides`` replaced (others are rejected); ``predictor_params`` is
+    merged into the spec's when the predictor kind is unchanged."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}")
     unknown = set(overrides) - _SPEC_FIELDS
     if unknown:
         raise ValueError(f"not MethodSpec fields: {sorted(unknown)}")
     spec = METHODS[name]
+    if "predictor_params" in overrides and overrides.get("predictor", spec.predictor) == spec.predictor:
+        overrides["predictor_params"] = {**spec.predictor_params, **overrides["predictor_params"]}
     if "extra_losses" in overrides:
         overrides["extra_losses"] = tuple(t if isinstance(t, LossTerm) else LossTerm(**t)
                                           for t in overrides["extra_losses"])
@@ -151,6 +154,11 @@ def get_method(name: str, **overrides: Any) -> MethodSpec:
         if overrides.get(key) is not None:
             overrides[key] = tuple(tuple(x) if isinstance(x, list) else x for x in overrides[key])
     return dataclasses.replace(spec, **overrides) if overrides else spec
+
+
+def method_spec_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a method configuration that override :class:`MethodSpec` fields (for `get_method`)."""
+    return {k: v for k, v in config.items() if k in _SPEC_FIELDS}
 
 
 def build_method(name: str, encoder: nn.Module, embed_dim: int, **overrides: Any) -> BYOL:
@@ -166,12 +174,7 @@ def build_method(name: str, encoder: nn.Module, embed_dim: int, **overrides: Any
     unknown = set(overrides) - _SPEC_FIELDS - _BYOL_ARGS
     if unknown:
         raise ValueError(f"unknown overrides for {name!r}: {sorted(unknown)}")
-    spec_over = {k: v for k, v in overrides.items() if k in _SPEC_FIELDS}
-    if "predictor_params" in spec_over and name in METHODS:
-        base = METHODS[name]
-        if spec_over.get("predictor", base.predictor) == base.predictor:
-            spec_over["predictor_params"] = {**base.predictor_params, **spec_over["predictor_params"]}
-    spec = get_method(name, **spec_over)
+    spec = get_method(name, **method_spec_overrides(overrides))
     if spec.backbone_norm is not None:
         replace_batchnorm(encoder, spec.backbone_norm)
     if spec.weight_standardization:
@@ -183,4 +186,4 @@ def build_method(name: str, encoder: nn.Module, embed_dim: int, **overrides: Any
                 **kwargs)
 
 
-__all__ = ["MethodSpec", "METHODS", "get_method", "build_method"]
+__all__ = ["MethodSpec", "METHODS", "get_method", "method_spec_overrides", "build_method"]
