@@ -27,7 +27,7 @@ import torch
 
 import byola
 from _timing import clips_per_s, parallel_clips_per_s  # benchmarks/ is on sys.path when a script runs
-from byola.audio import load_audio_if_shorter
+from byola.audio import audio_duration, load_audio_if_shorter
 from byola.checkpoint import save_checkpoint
 from byola.frontend import LogMelSpectrogram
 from byola.models import build_encoder, optimize_for_inference
@@ -156,9 +156,9 @@ def main() -> None:
         t0 = time.perf_counter()
         summary = model.embed_files(files, tmp / f"out_{name}", batch_size=args.batch, progress=False)
         elapsed = time.perf_counter() - t0
-        audio_s = sum(sf.info(str(f)).duration for f in files)
+        audio_s = sum(audio_duration(f) for f in files)
         # The same clips through the encoder alone as embed runs it, for the end-to-end/encoder ratio.
-        frames = model.frontend(torch.zeros(1, int(round(audio_s / len(files) * 16000)))).shape[-1]
+        frames = model.frontend.n_frames(int(round(audio_s / len(files) * model.sample_rate)))
         enc_only = encoder_as_embed(torch.randn(min(len(files), 512), 1, 64, frames))
         print(f"(c) {name}: {summary.ok} clips ({summary.failed} failed) in {elapsed:.1f} s = "
               f"{summary.ok / elapsed:.1f} clips/s, {audio_s / elapsed:.1f} audio-s/s; encoder alone as embed runs "

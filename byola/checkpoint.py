@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from byola import __version__
+from byola.frontend import LogMelSpectrogram
 from byola.models import ENCODERS, build_encoder
 
 FORMAT_VERSION = 1
@@ -49,10 +50,8 @@ class CheckpointError(ValueError):
 
 
 def default_frontend_config(n_mels: int = 64, backend: str = "nnaudio") -> dict:
-    """BYOL-A's log-mel settings in the form ``LogMelSpectrogram(**cfg)`` takes."""
-    return {"sample_rate": 16000, "n_fft": 1024, "win_length": 1024, "hop_length": 160, "n_mels": n_mels,
-            "f_min": 60.0, "f_max": 7800.0, "power": 2.0, "eps": float(torch.finfo(torch.float32).eps),
-            "backend": backend}
+    """BYOL-A's log-mel settings (`LogMelSpectrogram`'s defaults) in the form ``LogMelSpectrogram(**cfg)`` takes."""
+    return LogMelSpectrogram(n_mels=n_mels, backend=backend).config()
 
 
 def _norm_stats_dict(norm_stats: Any) -> dict | None:

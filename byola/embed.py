@@ -211,7 +211,11 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         norm_stats = NormStats.from_dict(meta["norm_stats"])
     embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize, compile=compile).to(device)
     embedder.checkpoint_path = str(path)
-    embedder.checkpoint_id = f"sha256:{file_sha256(path)}" if random_init is None else f"random-init:{random_init}"
+    if random_init is None:
+        embedder.checkpoint_id = f"sha256:{file_sha256(path)}"
+    else:  # caches keyed by this id must not mix random encoders of different architectures or frontends
+        arch = json.dumps({"encoder": meta["encoder"], "frontend": frontend_config}, sort_keys=True)
+        embedder.checkpoint_id = f"random-init:{random_init}:{hashlib.sha256(arch.encode()).hexdigest()[:12]}"
     return embedder
 
 

@@ -130,7 +130,8 @@ def compute_norm_stats(
     def streamed(path: str | os.PathLike) -> _Moments:
         clip = _Moments()
         with torch.inference_mode():
-            for chunk in frontend.stream(stream_audio(path, sample_rate, block_seconds=max_load_sec)):
+            blocks = stream_audio(path, sample_rate, block_seconds=max_load_sec)
+            for chunk in frontend.stream(block.to(device) for block in blocks):
                 clip.add_rows(chunk[None])
         return clip
 
