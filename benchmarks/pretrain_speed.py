@@ -181,7 +181,10 @@ def main() -> None:
         loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, num_workers=args.workers, drop_last=True)
         batches = []
         while len(batches) < args.steps:
-            batches.extend(b for b in loader)
+            epoch = list(loader)
+            if not epoch:
+                raise SystemExit(f"{len(ds)} files make no full batch of {args.batch}: give more --files")
+            batches.extend(epoch)
         batches = [b.to(device) for b in batches[:args.steps]]
 
         with torch.no_grad():  # the two log-mel backends (numerically equivalent: Slaney mel scale and norm)
