@@ -27,6 +27,7 @@ import torch
 
 import byola
 from _timing import clips_per_s, parallel_clips_per_s  # benchmarks/ is on sys.path when a script runs
+from _data import SHARED_DATA
 from byola.audio import audio_duration, load_audio_if_shorter
 from byola.checkpoint import save_checkpoint
 from byola.frontend import LogMelSpectrogram
@@ -104,7 +105,7 @@ def cost_split(files: list[Path], model: byola.Embedder, encoder: torch.nn.Modul
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    parser.add_argument("--data", default=str(SHARED_DATA))
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--hour", action="store_true", help="also measure peak memory on a one-hour file")
     parser.add_argument("--compile", action="store_true", help="end to end with `embed --compile`")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from _timing import clips_per_s  # benchmarks/ is on sys.path when a script runs
+from _data import SHARED_DATA
 from byola.audio import load_audio
 from byola.frontend import BACKENDS, LogMelSpectrogram
 
@@ -31,7 +32,7 @@ def pick(files: list[Path], n: int) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    parser.add_argument("--data", default=str(SHARED_DATA))
     parser.add_argument("--n", type=int, default=200, help="number of real clips")
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()

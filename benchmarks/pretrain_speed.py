@@ -41,8 +41,8 @@ from byola.models import build_encoder
 from byola.norm import PreNormalization
 from byola.pretrain import AudioBatchViews
 from byola.runtime import keep_freed_memory
+from _data import SHARED_DATA  # benchmarks/ is on sys.path when a script runs
 
-SHARED = Path(os.environ.get("BYOLA_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 
 def _sync(device: torch.device) -> None:
@@ -53,7 +53,7 @@ def _sync(device: torch.device) -> None:
 def corpus_files(data: str | None, n: int, tmp: Path) -> tuple[list[str], str]:
     if data:
         return scan_corpus([data])[:n], data
-    berklee = SHARED / "berklee_unlabeled"
+    berklee = SHARED_DATA / "berklee_unlabeled"
     if berklee.exists():
         return scan_corpus([berklee])[:n], str(berklee.resolve())
     rng = np.random.default_rng(0)

@@ -7,15 +7,16 @@ images are written as PNGs to a temporary folder and pretrained on with ``recipe
 augmentations at 16 px, small CNN 16-32-64) and ``--method.name`` = each method. Probe: the full image resized to
 16 px (bicubic, as the views' crops), normalized like the views, logistic regression on standardized embeddings.
 
-Audio: the Free Spoken Digit Dataset (``/work/shared/data/fsdd``, 10 digits): BYOL-A v2 (``byola_v2``, method
-``byola``) and TriBYOL (``tribyola``) pretrained on the train-split clips with a small AudioNTT2020 (16 conv
-channels, d 256), at batch sizes 16 and 64, the same number of steps each; probe on 1-s clips of the train split,
-scored on the test split. Each run is compared with the weights it started from (the random init of its seed), over
-several seeds: the probe accuracy of the random encoder alone varies by about 9 points across seeds. A second
-baseline gives that random encoder BatchNorm statistics measured on the train clips (a fresh BatchNorm has mean 0,
-variance 1, i.e. acts as the identity in eval mode).
+Audio: BYOL-A v2 (``byola_v2``, method ``byola``) and TriBYOL (``tribyola``) with a small AudioNTT2020 (16 conv
+channels, d 256), at batch sizes 16 and 64, the same number of steps each, pretrained on an unlabeled corpus
+(default: ``berklee_unlabeled``, the pretraining set of ../shared/data) and probed on an evaluation task (default:
+``esc50_f4``, 4 folds grouped by source recording: mean accuracy of leave-one-fold-out logistic regressions on the
+first ``unit_sec`` of each clip). ``--audio_corpus train-split`` pretrains on the task's own train clips instead
+(docs/variants.md's FSDD runs). Each run is compared with the weights it started from (the random init of its
+seed), over several seeds: the random encoder's probe accuracy varies by several points across seeds.
 
-    PYTHONPATH=. python benchmarks/variants_table.py [--part images|audio|all] [--seeds 0,1] [--steps 300]
+    PYTHONPATH=. python benchmarks/variants_table.py [--part images|audio|all] [--seeds 0,1] [--steps 300] \\
+        [--data ../shared/data] [--audio_task esc50_f4] [--audio_corpus berklee_unlabeled]
 
 Torch runs on one thread (this machine's 2 cores are shared); the defaults take about 15-20 minutes.
 """
@@ -40,12 +41,16 @@ from byola.audio import load_audio
 from byola.checkpoint import load_checkpoint
 from byola.embed import load
 from byola.engine import METHODS
+from byola.engine.methods import get_method, method_spec_overrides
 from byola.models import build_encoder
+from byola.evaluation.run import crop_or_pad
+from byola.evaluation.tasks import Task, TaskError, load_task
 from byola.pretrain import pretrain, resolve_config
+from _data import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-FSDD = Path("/work/shared/data/fsdd")
+SAMPLE_RATE = 16000  # the byola_v2/tribyola recipes' rate
 
 
 def probe(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray) -> float:
@@ -92,12 +97,13 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
 
     def random_init(spec_name: str) -> list[float]:
         """Probe accuracy of the untrained encoder with the method's backbone (BN-free methods change it)."""
-        spec, out = METHODS[spec_name], []
+        spec, out = get_method(spec_name, **method_spec_overrides(cfg["method"])), []
         for seed in seeds:
             torch.manual_seed(seed)
             mcfg = dict(cfg["model"])
             enc = build_encoder(mcfg.pop("name"), backbone_norm=spec.backbone_norm,
-                                weight_standardization=spec.weight_standardization, **mcfg)
+                                weight_standardization=spec.weight_standardization, norm_groups=spec.norm_groups,
+                                **mcfg)
             out.append(probe(embed_images(enc, images[idx_tr], frontend), y_tr,
                              embed_images(enc, images[idx_te], frontend), y_te))
         return out
@@ -105,7 +111,7 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
     base = random_init("byol")
     print(f"| random init | {' | '.join(f'{a:.4f}' for a in base)} | {np.mean(base):.4f} | | | |", flush=True)
     for name in methods:
-        spec = METHODS[name]
+        spec = get_method(name, **method_spec_overrides(cfg["method"]))
         same_arch = np.mean(random_init(name)) if spec.backbone_norm or spec.weight_standardization else np.mean(base)
         accs, t0, losses = [], time.perf_counter(), None
         for seed in seeds:
@@ -122,88 +128,92 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- audio
-def fsdd_clips(split: str, seconds: float = 1.0) -> tuple[torch.Tensor, np.ndarray, list[Path]]:
-    with open(FSDD / "fsdd_digit.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == split]
-    n = int(16000 * seconds)
-    waves = torch.zeros(len(rows), n)
-    for i, r in enumerate(rows):
-        w = load_audio(FSDD / r["file_name"], 16000)[:n]
-        start = (n - w.shape[0]) // 2
-        waves[i, start:start + w.shape[0]] = w
-    return waves, np.array([int(r["label"]) for r in rows]), [FSDD / r["file_name"] for r in rows]
+def task_waves(task: Task) -> torch.Tensor:
+    """Every clip of ``task`` at 16 kHz, its first ``unit_sec`` seconds (zero-padded at the end), as the evaluation
+    suite crops them."""
+    n = int(round(SAMPLE_RATE * task.unit_sec))
+    return torch.stack([crop_or_pad(load_audio(f, SAMPLE_RATE), n, None) for f in task.files])
+
+
+def task_probe(task: Task, x: np.ndarray) -> float:
+    """Mean test accuracy over the task's folds (split tasks: one), training on train + valid."""
+    y = task.targets()
+    accs = [probe(x[np.r_[f.train, f.valid]], y[np.r_[f.train, f.valid]], x[f.test], y[f.test])
+            for f in task.folds()]
+    return float(np.mean(accs))
 
 
 @torch.no_grad()
-def embed_waves(embedder: torch.nn.Module, waves: torch.Tensor, batch: int = 128) -> np.ndarray:
+def embed_waves(embedder: torch.nn.Module, waves: torch.Tensor, batch: int = 64) -> np.ndarray:
     return torch.cat([embedder.embed_batch(waves[i:i + batch]) for i in range(0, len(waves), batch)]).numpy()
 
 
-@torch.no_grad()
-def with_data_bn_statistics(embedder: torch.nn.Module, waves: torch.Tensor, batch: int = 128) -> torch.nn.Module:
-    """Replace the encoder's BatchNorm running statistics by the exact statistics of its inputs on ``waves`` (the
-    pretraining clips; no labels): the random network as it would be if it had only seen the data, not the loss."""
-    encoder = embedder.encoder
-    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches
-    encoder.train()
-    for i in range(0, len(waves), batch):
-        encoder(embedder._normalized_logmel(waves[i:i + batch]).unsqueeze(1))
-    encoder.eval()
-    return embedder
+def audio_corpus(args: argparse.Namespace, task: Task, work: Path) -> Path | None:
+    """The pretraining data: a folder under ``--data`` (or any path), or ``train-split``: the task's own train-split
+    clips (no labels used)."""
+    if args.audio_corpus != "train-split":
+        path = Path(args.data) / args.audio_corpus
+        path = path if path.exists() else Path(args.audio_corpus)
+        return path if path.exists() else None
+    if task.split is None:
+        raise SystemExit(f"--audio_corpus train-split needs a task with a train split; {task.name} has folds")
+    listing = work / f"{task.name}_train.txt"
+    listing.write_text("\n".join(str(f.resolve()) for f, s in zip(task.files, task.split) if s == "train"))
+    return listing
 
 
 def audio_table(args: argparse.Namespace, work: Path) -> None:
-    if not (FSDD / "fsdd_digit.csv").exists():
-        print(f"\n## Audio: skipped ({FSDD} is absent)")
+    try:
+        task = load_task(args.audio_task, data_root=args.data)
+    except TaskError as e:
+        print(f"\n## Audio: skipped ({e})")
         return
-    tr, y_tr, files = fsdd_clips("train")
-    te, y_te, _ = fsdd_clips("test")
-    corpus = work / "fsdd_train.txt"
-    corpus.write_text("\n".join(str(p) for p in files))
+    corpus = audio_corpus(args, task, work)
+    if corpus is None:
+        print(f"\n## Audio: skipped (pretraining data {args.audio_corpus!r} not found under {args.data})")
+        return
+    waves = task_waves(task)
     small = {"model.name": "AudioNTT2020", "model.d": 256, "model.conv_channels": 16,
              "method.projector_hidden": 1024, "method.projector_dim": 128, "method.predictor_hidden": 1024,
-             "norm.max_samples": 500,
-             "augment.bank_size": 512, "data.num_workers": 0, "train.steps": args.audio_steps,
-             "train.progress": False, "train.checkpoint_every": 100000, "optim.lr": 3e-4}
+             "norm.max_samples": 1000, "augment.bank_size": 512, "data.num_workers": 0,
+             "data.cache_dir": str(work / "decoded"), "train.steps": args.audio_steps, "train.progress": False,
+             "train.checkpoint_every": 100000, "optim.lr": 3e-4}
     seeds = [int(s) for s in args.audio_seeds.split(",")]
-    print(f"\n## Audio: FSDD digits ({len(tr)} train / {len(te)} test clips of 1 s), AudioNTT2020 conv 16 d 256, "
-          f"heads 1024/128, Adam 3e-4, {args.audio_steps} steps, pretrained on the train clips, seeds {seeds}")
+    n_folds = len(task.folds())
+    print(f"\n## Audio: pretrained on {corpus.name}, probed on {task.name} ({len(task)} clips of {task.unit_sec:g} s, "
+          f"{n_folds} fold{'s' if n_folds > 1 else ''}), AudioNTT2020 conv 16 d 256, heads 1024/128, Adam 3e-4, "
+          f"{args.audio_steps} steps, seeds {seeds}")
     print("Each run is paired with its own starting point: the random init of the same seed (the weights the run "
-          "started from), same frontend and normalization statistics; 'random, data BN' is that init with its "
-          "BatchNorm running statistics measured on the pretraining clips (at init they are mean 0, variance 1).")
-    print("| method (recipe) | batch | trained, per seed | random init, per seed | random, data BN, per seed "
-          "| trained mean | random mean | random, data BN mean | paired gain over random (mean, min) "
-          "| loss first→last (seed 0) | s/run |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "started from), probed with the same frontend and normalization statistics.")
+    print("| method (recipe) | batch | trained, per seed | random init, per seed | trained mean | random mean "
+          "| paired gain over random (mean, min) | loss first→last (seed 0) | s/run |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for recipe, label in (("byola_v2", "BYOL (byola_v2, byola)"), ("tribyola", "TriBYOL (tribyola)")):
         for batch in (int(b) for b in args.audio_batches.split(",")):
-            accs, rnds, rnd_bns, seconds, losses = [], [], [], 0.0, None
+            accs, rnds, seconds, losses = [], [], 0.0, None
             for seed in seeds:
                 run = work / f"audio-{recipe}-{batch}-{seed}"
                 t0 = time.perf_counter()
                 model = pretrain([str(corpus)], str(RECIPES / f"{recipe}.yaml"), str(run),
                                  **{**small, "train.batch_size": batch, "seed": seed})
                 seconds += time.perf_counter() - t0
-                emb = load(model)
-                accs.append(probe(embed_waves(emb, tr), y_tr, embed_waves(emb, te), y_te))
-                rnd = load(model, random_init=seed)  # pretrain seeds the model with `seed`: the run's own init
-                rnds.append(probe(embed_waves(rnd, tr), y_tr, embed_waves(rnd, te), y_te))
-                rnd = with_data_bn_statistics(load(model, random_init=seed, optimize=False), tr)
-                rnd_bns.append(probe(embed_waves(rnd, tr), y_tr, embed_waves(rnd, te), y_te))
+                accs.append(task_probe(task, embed_waves(load(model), waves)))
+                # pretrain seeds the model with `seed`: this is the run's own initial encoder
+                rnds.append(task_probe(task, embed_waves(load(model, random_init=seed), waves)))
                 losses = losses or final_loss(run)
             gains = np.subtract(accs, rnds)
             print(f"| {label} | {batch} | {' '.join(f'{a:.4f}' for a in accs)} | {' '.join(f'{a:.4f}' for a in rnds)} "
-                  f"| {' '.join(f'{a:.4f}' for a in rnd_bns)} | {np.mean(accs):.4f} | {np.mean(rnds):.4f} "
-                  f"| {np.mean(rnd_bns):.4f} | {gains.mean():+.4f}, {gains.min():+.4f} "
+                  f"| {np.mean(accs):.4f} | {np.mean(rnds):.4f} | {gains.mean():+.4f}, {gains.min():+.4f} "
                   f"| {losses[0]:.3f} → {losses[1]:.3f} | {seconds / len(seeds):.0f} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=("images", "audio", "all"), default="all")
+    parser.add_argument("--data", default=str(SHARED_DATA), help="folder holding the tasks' CSVs and the corpus")
+    parser.add_argument("--audio_task", default="esc50_f4", help="evaluation task (name or CSV) of the audio probe")
+    parser.add_argument("--audio_corpus", default="berklee_unlabeled",
+                        help="audio pretraining data: a folder under --data, a path, or train-split (the task's)")
     parser.add_argument("--steps", type=int, default=300, help="image pretraining steps per method")
     parser.add_argument("--audio_steps", type=int, default=150, help="audio pretraining steps per run")
     parser.add_argument("--audio_batches", default="16,64", help="comma-separated audio batch sizes")

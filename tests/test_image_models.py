@@ -40,16 +40,21 @@ def test_small_cnn_and_bad_input() -> None:
 
 
 def test_config_round_trip_through_a_checkpoint(tmp_path) -> None:
-    """A BN-free encoder (GroupNorm + weight standardization) records both in its config and reloads exactly."""
-    for params in ({}, {"backbone_norm": "gn", "weight_standardization": True}, {"backbone_norm": "none"}):
+    """A BN-free encoder (GroupNorm + weight standardization, its group count) records them in its config and
+    reloads exactly."""
+    for params in ({}, {"backbone_norm": "gn", "weight_standardization": True}, {"backbone_norm": "none"},
+                   {"backbone_norm": "gn", "norm_groups": 2}):
         torch.manual_seed(0)
         enc = build_encoder("small_cnn", channels=[8, 16], **params)
         assert has_batchnorm(enc) == (not params)
         assert any(isinstance(m, WSConv2d) for m in enc.modules()) == bool(params.get("weight_standardization"))
+        groups = {m.num_groups for m in enc.modules() if isinstance(m, torch.nn.GroupNorm)}
+        assert groups == ({2} if "norm_groups" in params else {4, 8} if params.get("backbone_norm") == "gn" else set())
         path = tmp_path / f"m{len(params)}.safetensors"
         save_checkpoint(path, enc, {"modality": "image"})
         loaded, meta = load_checkpoint(path)
         assert meta["encoder"] == enc.config()
+        assert str(loaded) == str(enc)
         x = torch.randn(2, 3, 8, 8)
         torch.testing.assert_close(loaded(x), enc.eval()(x))
 

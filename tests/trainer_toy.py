@@ -59,8 +59,9 @@ class ToyViews(nn.Module):
     def forward(self, x: torch.Tensor):
         views = []
         for _ in range(2):
-            idx = torch.randint(len(self.bank), (len(x),), generator=self.generator)
-            noise = torch.randn(x.shape, generator=self.generator) * 0.1
+            # drawn on the generator's device (CPU), then moved: the same draws on every device
+            idx = torch.randint(len(self.bank), (len(x),), generator=self.generator).to(x.device)
+            noise = torch.randn(x.shape, generator=self.generator).to(x.device) * 0.1
             views.append(0.8 * x + 0.2 * self.bank[idx] + noise + 0.01 * torch.randn_like(x))  # global RNG too
         self.bank = torch.cat([self.bank[len(x):], x])
         return views, {"mean_before": x.mean(), "std_before": x.std()}
@@ -85,7 +86,7 @@ class ToyData(torch.utils.data.Dataset):
 
 
 def run(run_dir: str | Path, steps: int = 12, checkpoint_every: int = 4, batch_size: int = 4, workers: int = 0,
-        resume: bool = False, hang_after: int | None = None) -> ToyBYOL:
+        resume: bool = False, hang_after: int | None = None, device: str | None = None) -> ToyBYOL:
     """Train the toy in deterministic mode (as a test would in a fresh process) and return the model."""
     from byola.engine.trainer import Trainer, dist_info
 
@@ -107,7 +108,7 @@ def run(run_dir: str | Path, steps: int = 12, checkpoint_every: int = 4, batch_s
 
         trainer = Trainer(model, lambda p: torch.optim.Adam(p, lr=1e-2), ToyData(), ToyViews(seed=rank), run_dir,
                           batch_size=batch_size, steps=steps, checkpoint_every=checkpoint_every, warmup_steps=2,
-                          num_workers=workers, export=export, on_step=on_step, progress=False)
+                          num_workers=workers, export=export, on_step=on_step, progress=False, device=device)
         trainer.fit(resume=resume)
         return model
     finally:
@@ -126,10 +127,11 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--hang-after", type=int, default=None)
     ap.add_argument("--weights", default=None, help="save the final state_dict here ({rank} is replaced)")
+    ap.add_argument("--device", default=None, help="Trainer device (default: cuda:LOCAL_RANK when available)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = run(args.run_dir, args.steps, args.checkpoint_every, args.batch_size, args.workers, args.resume,
-                args.hang_after)
+                args.hang_after, args.device)
     if args.weights:
         torch.save(model.state_dict(), args.weights.format(rank=dist_info().rank))
 

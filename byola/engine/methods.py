@@ -34,6 +34,9 @@ class MethodSpec:
         head_norm: projector/predictor normalization.
         backbone_norm: replace the encoder's BatchNorm layers by this norm (``None``: leave the encoder as is).
         weight_standardization: replace the encoder's Conv2d layers by weight-standardized ones.
+        norm_groups: the largest GroupNorm group count in the backbone (``backbone_norm="gn"``; each layer takes
+            the largest divisor of its width up to this, ``heads.group_count``). 32 is Wu & He's (2018) default;
+            narrow backbones do better with fewer (the digits recipe's small CNN uses 4, docs/variants.md).
         extra_losses: extra :class:`LossTerm` s.
         defaults: default :class:`BYOL` keyword arguments for this method (e.g. BYOL-A's constant τ).
     """
@@ -51,6 +54,7 @@ class MethodSpec:
     head_norm: str = "bn"
     backbone_norm: str | None = None
     weight_standardization: bool = False
+    norm_groups: int = 32
     extra_losses: tuple[LossTerm, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +64,8 @@ class MethodSpec:
         for norm in (self.head_norm, self.backbone_norm):
             if norm is not None and norm not in NORMS:
                 raise ValueError(f"{self.name}: norm must be one of {NORMS}, got {norm!r}")
+        if self.norm_groups < 1:
+            raise ValueError(f"{self.name}: norm_groups must be positive, got {self.norm_groups}")
         n_views = 1 + max(max(ov, tv) for ov, _, tv in self.pairs)
         if n_views != len(self.view_augmentations):
             raise ValueError(f"{self.name}: pairs use {n_views} views, view_augmentations declares "
@@ -176,7 +182,7 @@ def build_method(name: str, encoder: nn.Module, embed_dim: int, **overrides: Any
         raise ValueError(f"unknown overrides for {name!r}: {sorted(unknown)}")
     spec = get_method(name, **method_spec_overrides(overrides))
     if spec.backbone_norm is not None:
-        replace_batchnorm(encoder, spec.backbone_norm)
+        replace_batchnorm(encoder, spec.backbone_norm, spec.norm_groups)
     if spec.weight_standardization:
         standardize_convs(encoder)
     kwargs = {**spec.defaults, **{k: v for k, v in overrides.items() if k in _BYOL_ARGS and k not in _SPEC_FIELDS}}

@@ -75,8 +75,15 @@ def dist_info() -> DistInfo:
 
 
 def default_device() -> torch.device:
-    """``cuda:LOCAL_RANK`` when CUDA is available, else CPU."""
-    return torch.device(f"cuda:{dist_info().local_rank}" if torch.cuda.is_available() else "cpu")
+    """``cuda:LOCAL_RANK`` when CUDA is available, else CPU. Raises ``RuntimeError`` when this process's local rank
+    has no GPU (more processes per node than GPUs)."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank, count = dist_info().local_rank, torch.cuda.device_count()
+    if local_rank >= count:
+        raise RuntimeError(f"LOCAL_RANK {local_rank} has no GPU: this node has {count} CUDA device(s); start at most "
+                           f"{count} process(es) per node, or train on the CPU (--train.device=cpu)")
+    return torch.device(f"cuda:{local_rank}")
 
 
 def init_distributed(device: torch.device | str) -> bool:

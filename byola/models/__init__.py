@@ -15,13 +15,14 @@ ENCODERS: dict[str, type[nn.Module]] = {
 
 
 def build_encoder(name: str, backbone_norm: str | None = None, weight_standardization: bool = False,
-                  **params) -> nn.Module:
+                  norm_groups: int = 32, **params) -> nn.Module:
     """Instantiate the registered encoder ``name`` with ``params``; an unknown name raises ``ValueError``
     listing the known ones.
 
     ``backbone_norm`` (``"gn"``, ``"ln"``, ``"none"``; BN-free methods) replaces the encoder's BatchNorm layers and
     ``weight_standardization`` its Conv2d layers (``byola.engine.heads.replace_batchnorm`` /
-    ``standardize_convs``, torch-only helpers); both are then part of the encoder's ``config()``, so a BN-free
+    ``standardize_convs``, torch-only helpers; ``norm_groups``: the largest GroupNorm group count for ``"gn"``);
+    they are then part of the encoder's ``config()``, so a BN-free
     checkpoint rebuilds the architecture it was trained with."""
     try:
         cls = ENCODERS[name]
@@ -32,11 +33,13 @@ def build_encoder(name: str, backbone_norm: str | None = None, weight_standardiz
         from byola.engine.heads import replace_batchnorm, standardize_convs  # torch-only; loaded when needed
 
         if backbone_norm not in (None, "bn"):
-            replace_batchnorm(encoder, backbone_norm)
+            replace_batchnorm(encoder, backbone_norm, norm_groups)
         if weight_standardization:
             standardize_convs(encoder)
         encoder.hparams = {**encoder.hparams, "backbone_norm": backbone_norm,
                            "weight_standardization": bool(weight_standardization)}
+        if backbone_norm == "gn":
+            encoder.hparams["norm_groups"] = int(norm_groups)
     return encoder
 
 
