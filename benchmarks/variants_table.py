@@ -90,8 +90,9 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
     print(f"\n## Images: digits ({len(idx_tr)} train / {len(idx_te)} test), recipe byol_digits "
           f"({cfg['model']['name']} {cfg['model']['channels']}, views {cfg['augment']['size']} px, "
           f"batch {cfg['train']['batch_size']}, {args.steps} steps), torch threads {torch.get_num_threads()}")
-    header = "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | random init, same arch (mean) | "
-    print(header + f"loss first→last (seed {seeds[0]}) | s/run |\n|---|" + "---|" * (len(seeds) + 4))
+    header = ("| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | random init, same arch (mean) "
+              "| seeds above random init (BatchNorm, same arch) | ")
+    print(header + f"loss first→last (seed {seeds[0]}) | s/run |\n|---|" + "---|" * (len(seeds) + 5))
     frontend = {"size": [cfg["augment"]["size"]] * 2, "mean": cfg["augment"]["mean"], "std": cfg["augment"]["std"]}
     y_tr, y_te = digits.target[idx_tr], digits.target[idx_te]
 
@@ -109,10 +110,10 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
         return out
 
     base = random_init("byol")
-    print(f"| random init | {' | '.join(f'{a:.4f}' for a in base)} | {np.mean(base):.4f} | | | |", flush=True)
+    print(f"| random init | {' | '.join(f'{a:.4f}' for a in base)} | {np.mean(base):.4f} | | | | |", flush=True)
     for name in methods:
         spec = get_method(name, **method_spec_overrides(cfg["method"]))
-        same_arch = np.mean(random_init(name)) if spec.backbone_norm or spec.weight_standardization else np.mean(base)
+        same_arch = random_init(name) if spec.backbone_norm or spec.weight_standardization else base
         accs, t0, losses = [], time.perf_counter(), None
         for seed in seeds:
             run = work / f"img-{name}-{seed}"
@@ -123,7 +124,9 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
                               embed_images(encoder, images[idx_te], meta["frontend"]), y_te))
             losses = losses or final_loss(run)
         seconds = (time.perf_counter() - t0) / len(seeds)
-        print(f"| {name} | {' | '.join(f'{a:.4f}' for a in accs)} | {np.mean(accs):.4f} | {same_arch:.4f} | "
+        above = f"{np.sum(np.greater(accs, base))}/{len(seeds)}, {np.sum(np.greater(accs, same_arch))}/{len(seeds)}"
+        print(f"| {name} | {' | '.join(f'{a:.4f}' for a in accs)} | {np.mean(accs):.4f} | {np.mean(same_arch):.4f} | "
+              f"{above} | "
               f"{losses[0]:.3f} → {losses[1]:.3f} | {seconds:.0f} |", flush=True)
 
 
