@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from byola.engine import METHODS, MLP, build_method
-from byola.engine.heads import WSLinear, affine_norms, calibrate_norms, replace_batchnorm, standardize_convs
+from byola.engine.heads import affine_norms, calibrate_norms
+from byola.layers import WSLinear, replace_batchnorm, standardize_convs
 from byola.engine.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from byola.engine import (
-    BYOL, METHODS, MLP, LossTerm, WSConv2d, build_method, byol_loss, cross_cosine_loss, cross_sigmoid_loss,
-    get_method, make_norm, replace_batchnorm, standardize_convs, tau_at,
+    BYOL, METHODS, MLP, LossTerm, build_method, byol_loss, cross_cosine_loss, cross_sigmoid_loss, get_method,
+    make_norm, tau_at,
 )
-from byola.engine.heads import group_count, has_batchnorm
+from byola.layers import WSConv2d, group_count, has_batchnorm, replace_batchnorm, standardize_convs
 from byola.engine.losses import cross_similarity
 
 IN, EMB = 8, 12

@@ -7,7 +7,7 @@ from torch import nn
 from torchvision.models import resnet18, resnet50
 
 from byola.checkpoint import load_checkpoint, save_checkpoint
-from byola.engine.heads import WSConv2d, has_batchnorm
+from byola.layers import WSConv2d, has_batchnorm
 from byola.engine.optim import LARS
 from byola.models import ENCODERS, ResNet18CIFAR, build_encoder
 
@@ -87,3 +87,18 @@ def test_lars_clip_caps_the_local_rate() -> None:
     w.grad = torch.full((2, 2), 1e-6)                       # tiny gradient: huge trust ratio
     LARS([w], lr=0.1, momentum=0.0, eta=1.0, clip_lr=True).step()
     torch.testing.assert_close(w.detach(), torch.full((2, 2), 1.0 - 0.1 * 1e-6))
+
+
+def test_build_method_records_the_bnfree_conversion() -> None:
+    """An encoder handed to build_method directly (not through build_encoder) is converted and its config says so,
+    so its checkpoint rebuilds the BN-free architecture."""
+    from byola.engine import build_method
+
+    torch.manual_seed(0)
+    enc = build_encoder("small_cnn", channels=[8, 16])
+    build_method("byol_bnfree", enc, enc.embed_dim, projector_hidden=16, projector_dim=8, predictor_hidden=16,
+                 norm_groups=2)
+    params = enc.config()["params"]
+    assert (params["backbone_norm"], params["weight_standardization"], params["norm_groups"]) == ("gn", True, 2)
+    rebuilt = build_encoder("small_cnn", **params)
+    assert str(rebuilt) == str(enc) and not has_batchnorm(rebuilt)

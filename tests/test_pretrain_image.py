@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from byola.checkpoint import load_checkpoint
-from byola.engine.heads import has_batchnorm
+from byola.layers import has_batchnorm
 from byola.image_data import ImageFolderDataset, TorchvisionImages, build_image_dataset
 from byola.pretrain import ImageBatchViews, pretrain, resolve_config
 

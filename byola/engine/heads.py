@@ -1,6 +1,7 @@
-"""Projection and prediction heads, and the normalization layers they (and BN-free backbones) choose from.
+"""Projection and prediction heads, and the data-dependent initialization of BN-free norm layers.
 
-Modality-free: heads act on ``[B, D]`` embeddings; the norm helpers act on any ``nn.Module``.
+Modality-free: heads act on ``[B, D]`` embeddings; ``calibrate_norms`` acts on any ``nn.Module``. The layers they
+choose from (norm kinds, weight-standardized linears and convolutions) live in :mod:`byola.layers`.
 """
 from __future__ import annotations
 
@@ -11,27 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-NORMS = ("bn", "ln", "gn", "none")
-
-
-def _check_norm(norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-
-
-def group_count(channels: int, groups: int = 32, min_channels: int = 2) -> int:
-    """Largest divisor of ``channels`` not above ``groups`` nor ``channels // min_channels`` (at least 1).
-
-    GroupNorm needs an exact split; ``min_channels`` keeps at least that many channels per group, so narrow
-    layers do not silently become instance norm (one channel per group), whose per-channel normalization
-    followed by global pooling makes every input's embedding nearly the same.
-    """
-    if channels < 1 or groups < 1 or min_channels < 1:
-        raise ValueError(f"channels, groups and min_channels must be positive, got {channels}, {groups}, "
-                         f"{min_channels}")
-    cap = max(1, min(groups, channels // min_channels))
-    return max(g for g in range(1, cap + 1) if channels % g == 0)
-
+from ..layers import WSLinear, check_norm, group_count
 
 def make_norm(norm: str, dim: int, groups: int = 32) -> nn.Module:
     """A normalization layer for ``[B, dim]`` features.
@@ -39,7 +20,7 @@ def make_norm(norm: str, dim: int, groups: int = 32) -> nn.Module:
     ``"bn"``: BatchNorm1d; ``"ln"``: LayerNorm; ``"gn"``: GroupNorm with ``group_count(dim, groups)`` groups;
     ``"none"``: Identity.
     """
-    _check_norm(norm)
+    check_norm(norm)
     if norm == "bn":
         return nn.BatchNorm1d(dim)
     if norm == "ln":
@@ -47,21 +28,6 @@ def make_norm(norm: str, dim: int, groups: int = 32) -> nn.Module:
     if norm == "gn":
         return nn.GroupNorm(group_count(dim, groups), dim)
     return nn.Identity()
-
-
-class WSLinear(nn.Linear):
-    """Linear layer with weight standardization: each output unit's weights are standardized to zero mean and unit
-    variance over the inputs before use (Qiao et al. 2019's WS applied to a linear layer, i.e. a 1×1 convolution).
-    Zero-mean weights make the unit blind to the per-sample mean of its input (``w·x = w·(x − mean(x))``)."""
-
-    def __init__(self, *args, eps: float = 1e-5, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        var, mean = torch.var_mean(w, dim=1, keepdim=True, unbiased=False)
-        return nn.functional.linear(x, (w - mean) / torch.sqrt(var + self.eps), self.bias)
 
 
 class MLP(nn.Module):
@@ -77,7 +43,7 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256, norm: str = "bn", groups: int = 32,
                  weight_standardization: bool = False):
         super().__init__()
-        _check_norm(norm)
+        check_norm(norm)
         for name, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -97,77 +63,6 @@ class MLP(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"MLP expects [B, {self.in_dim}], got {tuple(x.shape)}")
         return self.net(x)
-
-
-class WSConv2d(nn.Conv2d):
-    """Conv2d with weight standardization (Qiao et al. 2019): each output filter's weights are standardized
-    to zero mean and unit variance (over in-channels × kernel) before the convolution. Pairs with GroupNorm
-    or LayerNorm in BN-free networks."""
-
-    def __init__(self, *args, eps: float = 1e-5, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eps = eps
-
-    def standardized_weight(self) -> torch.Tensor:
-        w = self.weight
-        dims = tuple(range(1, w.dim()))
-        mean = w.mean(dim=dims, keepdim=True)
-        var = w.var(dim=dims, keepdim=True, unbiased=False)
-        return (w - mean) / torch.sqrt(var + self.eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.standardized_weight(), self.bias)
-
-
-def _norm_replacement(layer: nn.modules.batchnorm._BatchNorm, norm: str, groups: int) -> nn.Module:
-    channels = layer.num_features
-    if norm == "bn":
-        return layer
-    if norm == "gn":
-        return nn.GroupNorm(group_count(channels, groups), channels)
-    if norm == "ln":
-        # GroupNorm with one group normalizes over all non-batch dims: LayerNorm for [B, C] and [B, C, ...].
-        return nn.GroupNorm(1, channels)
-    return nn.Identity()
-
-
-def replace_batchnorm(module: nn.Module, norm: str, groups: int = 32) -> nn.Module:
-    """Replace every BatchNorm{1,2,3}d inside ``module`` (in place) by ``norm``; returns ``module``.
-
-    ``"gn"``: GroupNorm(group_count(C, groups), C); ``"ln"``: GroupNorm(1, C) (layer norm over C and the
-    spatial/temporal dims); ``"none"``: Identity; ``"bn"``: unchanged. New layers are freshly initialized and
-    placed on the replaced layer's device and dtype.
-    """
-    _check_norm(norm)
-    if norm == "bn":
-        return module
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            new = _norm_replacement(child, norm, groups)
-            ref = next(iter(child.parameters()), None) if child.affine else child.running_mean
-            if ref is not None:
-                new = new.to(device=ref.device, dtype=ref.dtype)
-            setattr(module, name, new)
-        else:
-            replace_batchnorm(child, norm, groups)
-    return module
-
-
-def standardize_convs(module: nn.Module) -> nn.Module:
-    """Replace every plain ``nn.Conv2d`` inside ``module`` (in place) by a :class:`WSConv2d` with the same
-    hyperparameters and the same weights; returns ``module``."""
-    for name, child in list(module.named_children()):
-        if type(child) is nn.Conv2d:
-            ws = WSConv2d(
-                child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                padding=child.padding, dilation=child.dilation, groups=child.groups, bias=child.bias is not None,
-                padding_mode=child.padding_mode, device=child.weight.device, dtype=child.weight.dtype,
-            )
-            ws.load_state_dict(child.state_dict())
-            setattr(module, name, ws)
-        else:
-            standardize_convs(child)
-    return module
 
 
 def affine_norms(modules: Iterable[nn.Module]) -> list[nn.Module]:
@@ -234,10 +129,4 @@ def calibrate_norms(modules: Iterable[nn.Module], eps: float = 1e-5, sync_dist: 
             handle.remove()
 
 
-def has_batchnorm(module: nn.Module) -> bool:
-    """Whether any BatchNorm layer remains in ``module``."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
-
-
-__all__ = ["NORMS", "MLP", "WSConv2d", "WSLinear", "group_count", "make_norm", "replace_batchnorm", "standardize_convs",
-           "has_batchnorm", "affine_norms", "calibrate_norms"]
+__all__ = ["MLP", "make_norm", "affine_norms", "calibrate_norms"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from byola.layers import convert_backbone
 from byola.models.audio import AudioNTT2020, AudioNTT2022
 from byola.models.image import IMAGE_ENCODERS, ResNet18, ResNet18CIFAR, ResNet50, SmallCNN
 from byola.models.inference import optimize_for_inference
@@ -19,28 +20,15 @@ def build_encoder(name: str, backbone_norm: str | None = None, weight_standardiz
     """Instantiate the registered encoder ``name`` with ``params``; an unknown name raises ``ValueError``
     listing the known ones.
 
-    ``backbone_norm`` (``"gn"``, ``"ln"``, ``"none"``; BN-free methods) replaces the encoder's BatchNorm layers and
-    ``weight_standardization`` its Conv2d layers (``byola.engine.heads.replace_batchnorm`` /
-    ``standardize_convs``, torch-only helpers; ``norm_groups``: the largest GroupNorm group count for ``"gn"``);
-    they are then part of the encoder's ``config()``, so a BN-free
-    checkpoint rebuilds the architecture it was trained with."""
+    ``backbone_norm`` (``"gn"``, ``"ln"``, ``"none"``; BN-free methods), ``weight_standardization`` and
+    ``norm_groups`` (the largest GroupNorm group count for ``"gn"``) convert the encoder
+    (:func:`byola.layers.convert_backbone`); they are then part of its ``config()``, so a BN-free checkpoint
+    rebuilds the architecture it was trained with."""
     try:
         cls = ENCODERS[name]
     except KeyError:
         raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(sorted(ENCODERS))}") from None
-    encoder = cls(**params)
-    if backbone_norm not in (None, "bn") or weight_standardization:
-        from byola.engine.heads import replace_batchnorm, standardize_convs  # torch-only; loaded when needed
-
-        if backbone_norm not in (None, "bn"):
-            replace_batchnorm(encoder, backbone_norm, norm_groups)
-        if weight_standardization:
-            standardize_convs(encoder)
-        encoder.hparams = {**encoder.hparams, "backbone_norm": backbone_norm,
-                           "weight_standardization": bool(weight_standardization)}
-        if backbone_norm == "gn":
-            encoder.hparams["norm_groups"] = int(norm_groups)
-    return encoder
+    return convert_backbone(cls(**params), backbone_norm, weight_standardization, norm_groups)
 
 
 __all__ = ["ENCODERS", "build_encoder", "optimize_for_inference", "AudioNTT2020", "AudioNTT2022", "ResNet18CIFAR",
