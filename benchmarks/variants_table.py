@@ -125,7 +125,8 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
             losses = losses or final_loss(run)
         seconds = (time.perf_counter() - t0) / len(seeds)
         above = f"{np.sum(np.greater(accs, base))}/{len(seeds)}, {np.sum(np.greater(accs, same_arch))}/{len(seeds)}"
-        print(f"| {name} | {' | '.join(f'{a:.4f}' for a in accs)} | {np.mean(accs):.4f} | {np.mean(same_arch):.4f} | "
+        label = f"{name} (ablation)" if spec.description.startswith("ablation") else name
+        print(f"| {label} | {' | '.join(f'{a:.4f}' for a in accs)} | {np.mean(accs):.4f} | {np.mean(same_arch):.4f} | "
               f"{above} | "
               f"{losses[0]:.3f} → {losses[1]:.3f} | {seconds:.0f} |", flush=True)
 
