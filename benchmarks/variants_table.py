@@ -133,8 +133,8 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
 
 # -------------------------------------------------------------------------------------------------------- audio
 def task_waves(task: Task) -> torch.Tensor:
-    """Every clip of ``task`` at 16 kHz, its first ``unit_sec`` seconds (zero-padded at the end), as the evaluation
-    suite crops them."""
+    """Every clip of ``task`` at 16 kHz, its first ``unit_sec`` seconds (zero-padded at the end): the evaluation
+    suite's crop of test clips, here for every clip (no random training crops)."""
     n = int(round(SAMPLE_RATE * task.unit_sec))
     return torch.stack([crop_or_pad(load_audio(f, SAMPLE_RATE), n, None) for f in task.files])
 
