@@ -469,9 +469,10 @@ class Trainer:
 
     def _fit(self, resume: bool) -> dict[str, float]:
         main = self.dist.is_main
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
-        if not resume and latest_checkpoint(self.run_dir) is not None:
+        latest = latest_checkpoint(self.run_dir)
+        if not resume and latest is not None:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints: resume it or choose another run dir")
+        ckpt = latest if resume else None
         if ckpt is None:
             random.seed(self.seed + self.dist.rank)
             np.random.seed(self.seed + self.dist.rank)
