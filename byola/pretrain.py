@@ -387,10 +387,9 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
 
         # The model is built from the same seed on every rank (DDP also broadcasts rank 0's weights).
         torch.manual_seed(seed)
-        mcfg = {**mod.encoder_defaults, "backbone_norm": spec.backbone_norm,
-                "weight_standardization": spec.weight_standardization, "norm_groups": spec.norm_groups,
-                **cfg["model"]}
-        encoder = build_encoder(mcfg.pop("name"), **mcfg)  # BN-free specs: the exported config records the norm
+        mcfg = {**mod.encoder_defaults, **cfg["model"]}
+        encoder = build_encoder(mcfg.pop("name"), **mcfg)
+        # BN-free specs: build_method converts the encoder, and its exported config records the norm
         engine = build_method(method_name, encoder, encoder.embed_dim, **method_cfg)
         if tcfg.get("channels_last"):
             engine.to(memory_format=torch.channels_last)
