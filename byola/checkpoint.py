@@ -15,11 +15,9 @@ Loading never unpickles anything (safetensors only), so an untrusted checkpoint 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from byola import __version__
+from byola.files import atomic_write_with, file_sha256
 from byola.frontend import LogMelSpectrogram
 from byola.models import ENCODERS, build_encoder
 
@@ -71,7 +70,8 @@ def _norm_stats_dict(norm_stats: Any) -> dict | None:
 
 def save_checkpoint(path: str | os.PathLike, encoder: nn.Module, frontend_config: Mapping, norm_stats: Any = None,
                     provenance: Mapping | None = None) -> None:
-    """Write ``encoder`` (which must have ``config()``) and its metadata to one safetensors file, atomically.
+    """Write ``encoder`` (which must have ``config()``) and its metadata to one safetensors file, atomically
+    (`byola.files.atomic_write_with`: with the permissions the user's umask gives new files).
 
     ``provenance`` gets ``created`` (UTC, ISO 8601) and ``byola_version`` unless it already has them.
     """
@@ -89,14 +89,7 @@ def save_checkpoint(path: str | os.PathLike, encoder: nn.Module, frontend_config
     header = json.dumps(meta, allow_nan=False)  # fails early on values JSON cannot carry
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: header})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: header}))
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -241,23 +234,21 @@ def _detect_architecture(path: Path, state: Mapping[str, torch.Tensor]) -> dict:
     return {"name": name, "params": params}
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def convert_official(src: str | os.PathLike, dst: str | os.PathLike, norm_stats: Any = None) -> dict:
+def convert_official(src: str | os.PathLike, dst: str | os.PathLike, norm_stats: Any = None,
+                     overwrite: bool = False) -> dict:
     """Convert an official BYOL-A ``.pth`` file to a byola checkpoint at ``dst``; returns its metadata.
 
     The frontend config records the log-mel the weights were trained on (backend ``librosa`` for v1,
     ``nnaudio`` for v2). Official files carry no normalization statistics: pass ``norm_stats`` (``{mean, std}``)
-    or leave it ``None`` so that the embedder computes them from its inputs.
+    or leave it ``None`` so that the embedder computes them from its inputs. An existing ``dst`` raises
+    `FileExistsError` unless ``overwrite``; ``dst`` naming ``src`` (under any name) always does.
     """
-    src = Path(src)
+    src, dst = Path(src), Path(dst)
+    if dst.exists() or dst.is_symlink():
+        if src.exists() and dst.exists() and os.path.samefile(src, dst):
+            raise FileExistsError(f"{dst} is the source file {src}: converting onto it would destroy it")
+        if not overwrite:
+            raise FileExistsError(f"{dst} exists: pass --overwrite to replace it")
     state, arch = load_official_state_dict(src)
     encoder = build_encoder(arch["name"], **arch["params"])
     _load_state(src, encoder, state)

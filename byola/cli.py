@@ -32,8 +32,10 @@ class Commands:
               progress: bool = True) -> None:
         """Embed audio files, folders (recursive) and text files listing paths.
 
-        Writes OUT/embeddings.npy (float32, one row per embedded file) and OUT/index.csv
-        (file,row,status,error,duration_s). Rerunning on the same OUT skips finished files. Exits 1 if any failed.
+        Writes OUT/embeddings.npy (float32, one row per embedded file), OUT/index.csv (file,row,status,error,
+        duration_s; one line per input) and, last, OUT/manifest.json: the folder is complete when it exists
+        (`byola.embed.read_embeddings` checks it). Rerunning on the same OUT reuses finished files and refuses
+        other settings. Exits 1 if any file failed.
 
         Args:
             inputs: files, folders and .txt/.lst path lists.
@@ -51,13 +53,16 @@ class Commands:
             compile: torch.compile the encoder (worth it for long jobs of equal-length clips).
             progress: show a progress bar.
         """
-        from .embed import collect_inputs, load
+        from .embed import load
+        from .embed_job import EmbedJobError, check_options, collect_inputs, recorded_norm_stats
+        from .norm import NormStats
 
         if not inputs:
             raise SystemExit("byola embed: give at least one input file, folder or list")
         try:
+            check_options(batch_size=batch_size, num_workers=num_workers)
             files = collect_inputs(inputs)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:
             raise SystemExit(f"byola embed: {err}")
         if not files:
             raise SystemExit("byola embed: no audio files found in the inputs")
@@ -65,14 +70,22 @@ class Commands:
                         frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend,
                         compile=compile)
         if embedder.norm_stats is None:
-            print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs",
-                  file=sys.stderr)
-            stats = embedder.fit_norm_stats(files)
-            print(f"normalization statistics: mean={stats.mean:.6f} std={stats.std:.6f}", file=sys.stderr)
-        summary = embedder.embed_files(files, out, batch_size=batch_size, frames=frames, num_workers=num_workers,
-                                       progress=progress)
-        print(f"{summary.ok} embedded, {summary.failed} failed ({summary.skipped} already done) -> {summary.out}",
-              file=sys.stderr)
+            recorded = recorded_norm_stats(out)
+            if recorded:
+                embedder.set_norm_stats(NormStats(recorded[0], recorded[1], 0), source="recorded in OUT")
+                print(f"checkpoint has no normalization statistics: using those recorded in {out} by its first run "
+                      f"(mean={recorded[0]:.6f} std={recorded[1]:.6f})", file=sys.stderr)
+            else:
+                print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs "
+                      f"(recorded in {out} and reused when resuming)", file=sys.stderr)
+                stats = embedder.fit_norm_stats(files)
+                print(f"normalization statistics: mean={stats.mean:.6f} std={stats.std:.6f}", file=sys.stderr)
+        try:
+            summary = embedder.embed_files(files, out, batch_size=batch_size, frames=frames,
+                                           num_workers=num_workers, progress=progress)
+        except EmbedJobError as err:
+            raise SystemExit(f"byola embed: {err}")
+        print(summary.describe(), file=sys.stderr)
         if summary.failed:
             raise SystemExit(1)
 
@@ -159,28 +172,54 @@ class Commands:
         csv = prepare(task, src, out, num_workers=num_workers, **options)
         print(f"wrote {csv}", file=sys.stderr)
 
-    def convert(self, src: str, dst: str, norm_stats: str | None = None) -> None:
+    def convert(self, src: str, dst: str, norm_stats: str | None = None, norm_stats_from: str | None = None,
+                overwrite: bool = False) -> None:
         """Convert an official BYOL-A .pth (v1 AudioNTT2020 or v2 AudioNTT2022) into a byola checkpoint.
 
         Args:
             src: the official file.
-            dst: the .safetensors file to write.
-            norm_stats: optional MEAN,STD to store in the checkpoint (official files carry none).
+            dst: the .safetensors file to write (an existing file is refused unless --overwrite; never SRC).
+            norm_stats: MEAN,STD to store in the checkpoint (official files carry none).
+            norm_stats_from: a folder, file or .txt/.lst list of audio: store the exact statistics of its log-mels
+                (what `byola stats` prints), so embeddings never depend on the files embedded with them.
+            overwrite: replace an existing DST.
         """
-        from .checkpoint import convert_official
-        from .norm import NormStats
+        from .checkpoint import CheckpointError, convert_official, default_frontend_config, load_official_state_dict
 
+        if norm_stats is not None and norm_stats_from is not None:
+            raise SystemExit("byola convert: give --norm_stats or --norm_stats_from, not both")
         stats = _parse_stats(norm_stats)
-        meta = convert_official(src, dst, norm_stats=NormStats(stats[0], stats[1], 0) if stats else None)
+        try:
+            if norm_stats_from is not None:
+                from .embed_job import collect_inputs
+                from .frontend import LogMelSpectrogram
+                from .norm import compute_norm_stats
+
+                _, arch = load_official_state_dict(src)  # the log-mel the converted model will be used with
+                frontend = LogMelSpectrogram(**default_frontend_config(arch["params"]["n_mels"], "torchaudio"))
+                computed = compute_norm_stats(collect_inputs([norm_stats_from]), frontend, skip_errors=True)
+                stats = {"mean": computed.mean, "std": computed.std}
+                print(f"normalization statistics of {norm_stats_from}: mean={stats['mean']:.6f} "
+                      f"std={stats['std']:.6f}", file=sys.stderr)
+            elif stats:
+                stats = {"mean": stats[0], "std": stats[1]}
+            meta = convert_official(src, dst, norm_stats=stats, overwrite=overwrite)
+        except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"byola convert: {err}")
         print(f"wrote {dst}: {meta['encoder']['name']} {meta['encoder']['params']}, "
               f"frontend backend {meta['frontend']['backend']}", file=sys.stderr)
 
     def stats(self, *inputs: str, checkpoint: str | None = None) -> None:
         """Print exact log-mel normalization statistics (MEAN,STD) of audio inputs with a checkpoint's frontend."""
-        from .embed import collect_inputs, load
+        from .embed import load
+        from .embed_job import collect_inputs
 
+        try:
+            files = collect_inputs(inputs)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"byola stats: {err}")
         embedder = load(checkpoint, norm_stats=(0.0, 1.0))
-        stats = embedder.fit_norm_stats(collect_inputs(inputs))
+        stats = embedder.fit_norm_stats(files)
         print(f"{stats.mean!r},{stats.std!r}")
 
 

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from byola.audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio
+from byola.files import list_inputs
 
 __all__ = ["scan_corpus", "probe_files", "RandomCropDataset"]
 
@@ -24,65 +25,26 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
 
-def _is_audio(path: str, extensions: Sequence[str]) -> bool:
-    return os.path.splitext(path)[1].lower() in extensions
-
-
-def _walk(folder: str, extensions: Sequence[str]) -> Iterable[str]:
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        yield from (os.path.join(root, f) for f in files if _is_audio(f, extensions))
-
-
-def _read_list(path: str) -> list[str]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: neither an audio file ({', '.join(AUDIO_EXTENSIONS)}) nor a UTF-8 text list "
-                         "of audio paths") from None
-    base = os.path.dirname(os.path.abspath(path))
-    entries = (line.strip() for line in text.splitlines())
-    return [e if os.path.isabs(e) else os.path.join(base, e) for e in entries if e and not e.startswith("#")]
-
-
 def scan_corpus(sources: Iterable[PathLike] | PathLike, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[str]:
-    """Audio files of a corpus: absolute paths, deduplicated (by real path) and sorted.
+    """Audio files of a corpus: absolute paths (links not resolved), one per real file, sorted.
 
-    Each source is a folder (searched recursively for ``extensions``, case-insensitive), an audio file, or a text
-    file listing one path per line (folders or files; relative paths are relative to the list's folder; blank lines
-    and lines starting with ``#`` are ignored). Listed files are kept whatever their extension and whether or not they
-    exist: unreadable files are the dataset's to report. A source that does not exist raises FileNotFoundError; a
-    corpus with no file raises ValueError.
+    The sources are expanded by `byola.files.list_inputs` (the one input listing, shared with `byola embed`):
+    folders (recursive, ``extensions``, case-insensitive), audio files, and ``.txt``/``.lst`` lists of files or
+    folders (relative to the list's folder; blank lines and ``#`` comments ignored). Every path found is returned,
+    including entries that cannot be read (broken links, missing listed files, non-regular files): unreadable files
+    are the dataset's to report. A source that does not exist raises FileNotFoundError; a corpus with no file
+    raises ValueError.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    extensions = tuple(e.lower() for e in extensions)
-    found: dict[str, str] = {}
-
-    def add(path: str) -> None:
-        path = os.path.abspath(path)
-        found.setdefault(os.path.realpath(path), path)
-
-    for source in sources:
-        source = os.fspath(source)
-        if os.path.isdir(source):
-            for f in _walk(source, extensions):
-                add(f)
-        elif os.path.isfile(source):
-            if _is_audio(source, extensions):
-                add(source)
-            else:
-                for entry in _read_list(source):
-                    if os.path.isdir(entry):
-                        for f in _walk(entry, extensions):
-                            add(f)
-                    else:
-                        add(entry)
-        else:
-            raise FileNotFoundError(f"corpus source not found: {source}")
-    if not found:
+    sources = list(sources)
+    found = list_inputs(sources, tuple(e.lower() for e in extensions))
+    if found.missing:
+        raise FileNotFoundError(f"corpus source not found: {found.missing[0]}")
+    files = found.all()
+    if not files:
         raise ValueError(f"no audio files ({', '.join(extensions)}) found in {list(map(os.fspath, sources))}")
-    return sorted(found.values())
+    return files
 
 
 def probe_files(files: Sequence[str]) -> tuple[list[str], dict[str, str]]:

@@ -1,4 +1,7 @@
-"""Files → embeddings: the `Embedder` (frontend + pre-normalization + encoder) and the resumable `embed_files` job.
+"""The embedding model: `Embedder` (frontend + pre-normalization + encoder) and `load`.
+
+The resumable files → embeddings job (`embed_files`, `collect_inputs`, `read_embeddings`) lives in
+`byola.embed_job`; its names are re-exported here.
 
 Long inputs are processed in chunks with enough context on both sides that the result equals whole-input
 processing (up to float rounding): the log-mel with `LogMelSpectrogram.stream`, and the encoder on log-mel chunks
@@ -7,23 +10,20 @@ embeddings exactly as the encoder does (max over time + mean over time), with ru
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib.resources
 import json
 import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio_if_shorter, resample, stream_audio
-from .checkpoint import file_sha256, load_checkpoint
+from .audio import resample
+from .checkpoint import load_checkpoint
+from .files import file_sha256
 from .frontend import LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
 from .norm import NormStats, PreNormalization, compute_norm_stats
@@ -56,8 +56,10 @@ class Embedder(nn.Module):
         super().__init__()
         self.encoder = (optimize_for_inference(encoder, micro_batch=micro_batch, compile=compile) if optimize
                         else encoder.eval())
+        self.inference = {"optimize": bool(optimize), "compile": bool(compile and optimize)}
         self.frontend = frontend
         self.norm_stats = norm_stats
+        self.norm_stats_source = "given" if norm_stats else ""
         self.prenorm = PreNormalization(norm_stats.mean, norm_stats.std) if norm_stats else None
         self.eval()
 
@@ -74,9 +76,19 @@ class Embedder(nn.Module):
         """Milliseconds between consecutive frame embeddings."""
         return 1000.0 * self.frontend.hop_length * self.encoder.frame_hop / self.sample_rate
 
-    def set_norm_stats(self, stats: NormStats) -> None:
-        self.norm_stats = stats
+    def set_norm_stats(self, stats: NormStats, source: str = "given") -> None:
+        self.norm_stats, self.norm_stats_source = stats, source
         self.prenorm = PreNormalization(stats.mean, stats.std).to(self.device)
+
+    def settings(self) -> dict:
+        """Everything that changes this embedder's numbers (json-able): the checkpoint, the frontend, the
+        normalization statistics, the chunking of long inputs and the inference path. Outputs made with different
+        settings must not be mixed."""
+        ns = self.norm_stats
+        return {"checkpoint_id": getattr(self, "checkpoint_id", None), "encoder": self.encoder.config(),
+                "frontend": self.frontend.config(), "sample_rate": self.sample_rate,
+                "norm_stats": {"mean": float(ns.mean), "std": float(ns.std)} if ns else None,
+                "chunk_frames": CHUNK_FRAMES, "encoder_context": _ENCODER_CONTEXT, "inference": self.inference}
 
     @property
     def device(self) -> torch.device:
@@ -125,13 +137,15 @@ class Embedder(nn.Module):
         return (centre_frames * 1000.0 * self.frontend.hop_length / self.sample_rate).float()
 
     def embed_files(self, paths: Sequence[str | os.PathLike], out: str | os.PathLike, **kwargs) -> "EmbedSummary":
-        """Embed audio files into `out` (see `embed_files`)."""
+        """Embed audio files into `out` (see `byola.embed_job.embed_files`)."""
+        from .embed_job import embed_files
+
         return embed_files(self, paths, out, **kwargs)
 
     def fit_norm_stats(self, paths: Sequence[str | os.PathLike]) -> NormStats:
         """Compute exact pre-normalization statistics from `paths` (skipping unreadable files) and use them."""
         stats = compute_norm_stats(paths, self.frontend, sample_rate=self.sample_rate, skip_errors=True)
-        self.set_norm_stats(stats)
+        self.set_norm_stats(stats, source=f"computed from {len(paths)} inputs")
         return stats
 
     # -- chunked processing ------------------------------------------------------------------------------------
@@ -207,9 +221,11 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     frontend = LogMelSpectrogram(**frontend_config)
     if isinstance(norm_stats, tuple):
         norm_stats = NormStats(mean=float(norm_stats[0]), std=float(norm_stats[1]), count=0)
+    source = "given" if norm_stats is not None else ""
     if norm_stats is None and meta.get("norm_stats"):
-        norm_stats = NormStats.from_dict(meta["norm_stats"])
+        norm_stats, source = NormStats.from_dict(meta["norm_stats"]), "checkpoint"
     embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize, compile=compile).to(device)
+    embedder.norm_stats_source = source
     embedder.checkpoint_path = str(path)
     if random_init is None:
         embedder.checkpoint_id = f"sha256:{file_sha256(path)}"
@@ -228,301 +244,17 @@ def default_checkpoint() -> Path:
     return found[0]
 
 
-# -- inputs ----------------------------------------------------------------------------------------------------
-def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files, folders (recursive, audio extensions) and text files listing paths into a sorted unique list.
-
-    A text file is any input whose extension is `.txt` or `.lst`; relative paths in it are relative to it.
-    Missing inputs raise `FileNotFoundError`.
-    """
-    found: dict[str, Path] = {}
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for p in path.rglob("*"):
-                if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file():
-                    found[str(p.resolve())] = p.resolve()
-        elif path.suffix.lower() in (".txt", ".lst") and path.is_file():
-            for line in path.read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    p = Path(line) if Path(line).is_absolute() else path.parent / line
-                    found[str(p.resolve())] = p.resolve()
-        elif path.exists():
-            found[str(path.resolve())] = path.resolve()
-        else:
-            raise FileNotFoundError(f"input not found: {path}")
-    return [found[k] for k in sorted(found)]
+_JOB_NAMES = ("embed_files", "collect_inputs", "read_embeddings", "EmbedSummary", "EmbedOutput", "EmbedJobError",
+              "IncompleteOutput", "INDEX_COLUMNS")
+if TYPE_CHECKING:
+    from .embed_job import (INDEX_COLUMNS, EmbedJobError, EmbedOutput, EmbedSummary, IncompleteOutput,  # noqa: F401
+                            collect_inputs, embed_files, read_embeddings)
 
 
-# -- the embed job -----------------------------------------------------------------------------------------------
-INDEX_COLUMNS = ["file", "row", "status", "error", "duration_s"]
-_STATE_DIR = ".byola_embed"
-_CPU_WORKER_CHUNK = 32
+def __getattr__(name: str):
+    """The job's names (`byola.embed_job`), imported on first use: the job module builds on this one."""
+    if name in _JOB_NAMES:
+        from . import embed_job
 
-
-@dataclass
-class EmbedSummary:
-    ok: int
-    failed: int
-    skipped: int
-    out: Path
-
-
-class _Shards:
-    """Finished work kept as atomic shard files under OUTDIR/.byola_embed, so an interrupted run loses nothing."""
-
-    def __init__(self, out: Path, fingerprint: dict) -> None:
-        self.dir = out / _STATE_DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "settings.json"
-        if meta.exists():
-            previous = json.loads(meta.read_text())
-            if previous != fingerprint:
-                raise ValueError(f"{out} holds embeddings made with other settings ({previous}); "
-                                 "choose another --out or delete it")
-        else:
-            _atomic_write_text(meta, json.dumps(fingerprint, sort_keys=True))
-        self.records: dict[str, dict] = {}
-        self.embeddings: dict[str, np.ndarray] = {}
-        for shard in sorted(self.dir.glob("shard_*.npz")):
-            with np.load(shard, allow_pickle=False) as data:
-                records = json.loads(str(data["records"]))
-                for k, rec in enumerate(records):
-                    self.records[rec["file"]] = rec
-                    if rec["status"] == "ok":
-                        self.embeddings[rec["file"]] = data["embeddings"][rec["shard_row"]]
-        self._next = len(list(self.dir.glob("shard_*.npz")))
-
-    def done(self, file: str) -> bool:
-        return self.records.get(file, {}).get("status") == "ok"
-
-    def write(self, records: list[dict], embeddings: list[np.ndarray], dim: int) -> None:
-        rows = 0
-        for rec in records:
-            if rec["status"] == "ok":
-                rec["shard_row"] = rows
-                rows += 1
-        stacked = np.stack(embeddings).astype(np.float32) if embeddings else np.zeros((0, dim), np.float32)
-        path = self.dir / f"shard_{self._next:07d}.npz"
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, embeddings=stacked, records=np.array(json.dumps(records)))
-        os.replace(tmp, path)
-        self._next += 1
-        for rec in records:
-            self.records[rec["file"]] = rec
-        ok = [r for r in records if r["status"] == "ok"]
-        for rec, emb in zip(ok, embeddings):
-            self.embeddings[rec["file"]] = emb
-
-    def finalize(self, out: Path, files: list[str], dim: int) -> tuple[int, int]:
-        """Write embeddings.npy and index.csv (atomically) in the order of `files`."""
-        ok_files = [f for f in files if self.done(f)]
-        matrix = np.stack([self.embeddings[f] for f in ok_files]).astype(np.float32) if ok_files \
-            else np.zeros((0, dim), np.float32)
-        tmp = out / "embeddings.tmp.npy"
-        np.save(tmp, matrix)
-        os.replace(tmp, out / "embeddings.npy")
-        row_of = {f: i for i, f in enumerate(ok_files)}
-        with_frames = any(self.records[f].get("frames") for f in files)
-        tmp_csv = out / "index.tmp.csv"
-        with open(tmp_csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=INDEX_COLUMNS + (["frames"] if with_frames else []))
-            writer.writeheader()
-            for file in files:
-                rec = self.records[file]
-                row = {"file": file, "row": row_of.get(file, ""), "status": rec["status"],
-                       "error": rec.get("error", ""), "duration_s": rec.get("duration_s", "")}
-                if with_frames:
-                    row["frames"] = rec.get("frames", "")
-                writer.writerow(row)
-        os.replace(tmp_csv, out / "index.csv")
-        return len(ok_files), len(files) - len(ok_files)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-@dataclass
-class _Item:
-    """One input file's way through `embed_files`: decoded (`wave`), embedded (`clip`, `frames`), failed (`error`) or
-    to be read from disk in blocks (`stream`, for files longer than `max_load_sec`)."""
-
-    file: str
-    wave: torch.Tensor | None = None
-    clip: torch.Tensor | None = None
-    frames: torch.Tensor | None = None
-    error: str = ""
-    stream: bool = False
-    duration_s: float = 0.0
-
-
-def _failure(file: str, err: Exception) -> str:
-    return str(err) if isinstance(err, AudioError) else f"{file}: {type(err).__name__}: {err}"
-
-
-def _embed_items(embedder: "Embedder", items: list[_Item], frames: bool) -> None:
-    """Embed the decoded (or to be streamed) items in place.
-
-    Clips of up to `CHUNK_FRAMES` log-mel frames run in batches of equal length (a file's embedding never depends
-    on its neighbours: nothing is padded); longer ones run alone in chunks, so memory stays bounded. A batch the
-    model rejects (e.g. clips shorter than its minimum) fails per file.
-    """
-    groups: dict[int, list[_Item]] = {}
-    for item in items:
-        if item.stream:
-            _embed_in_chunks(embedder, item, stream_audio(item.file, embedder.sample_rate), frames)
-        elif item.wave is not None and embedder.frontend.n_frames(len(item.wave)) > CHUNK_FRAMES:
-            _embed_in_chunks(embedder, item, [item.wave], frames)
-        elif item.wave is not None:
-            groups.setdefault(len(item.wave), []).append(item)
-    for group in groups.values():
-        waves = torch.stack([item.wave for item in group])
-        try:
-            if frames:
-                frame_emb = embedder.embed_frames_batch(waves)
-                clips = frame_emb.max(dim=1).values + frame_emb.mean(dim=1)
-            else:
-                frame_emb, clips = None, embedder.embed_batch(waves)
-        except Exception as err:  # noqa: BLE001 -- reported per file, the run goes on
-            for item in group:
-                item.error, item.wave = _failure(item.file, err), None
-            continue
-        for k, item in enumerate(group):
-            item.wave, item.clip = None, clips[k].float().cpu()
-            item.frames = None if frame_emb is None else frame_emb[k].float().cpu()
-
-
-def _embed_in_chunks(embedder: "Embedder", item: _Item, blocks: Iterable[torch.Tensor], frames: bool) -> None:
-    """Embed one long input given as waveform blocks, chunk by chunk (`Embedder._stream_frame_embeddings`)."""
-    try:
-        chunks = embedder._stream_frame_embeddings(blocks)
-        if frames:  # frame embeddings are kept whole; clip embeddings pool on the fly
-            item.frames = torch.cat(list(chunks)).float().cpu()
-            item.clip = pool_frames([item.frames])
-        else:
-            item.clip = pool_frames(chunks).float().cpu()
-        if item.stream:
-            item.duration_s = audio_duration(item.file)
-    except Exception as err:  # noqa: BLE001 -- reported per file, the run goes on
-        item.error = _failure(item.file, err)
-    item.wave, item.stream = None, False
-
-
-class _Chunks(torch.utils.data.Dataset):
-    """Item k = files [k·size, (k+1)·size): decoded and resampled, and, when given an `embedder`, also embedded.
-
-    In DataLoader workers this puts whole files' work in parallel processes (one torch thread each).
-    """
-
-    def __init__(self, files: list[str], size: int, sample_rate: int, max_load_sec: float,
-                 embedder: "Embedder | None", frames: bool) -> None:
-        self.files, self.size, self.sample_rate, self.max_load_sec = files, size, sample_rate, max_load_sec
-        self.embedder, self.frames = embedder, frames
-
-    def __len__(self) -> int:
-        return -(-len(self.files) // self.size)
-
-    def __getitem__(self, k: int) -> list[_Item]:
-        items = []
-        for i in range(k * self.size, min((k + 1) * self.size, len(self.files))):
-            file = self.files[i]
-            item = _Item(file)
-            try:
-                item.wave = load_audio_if_shorter(file, self.max_load_sec, self.sample_rate)
-                if item.wave is None:
-                    item.stream = True
-                else:
-                    item.duration_s = len(item.wave) / self.sample_rate
-            except Exception as err:  # noqa: BLE001 -- an unexpected decoder failure is reported per file too
-                item.error = _failure(file, err)
-            items.append(item)
-        if self.embedder is not None:
-            _embed_items(self.embedder, items, self.frames)
-        return items
-
-
-def _unbatched(item: list[_Item]) -> list[_Item]:
-    """DataLoader collate function: a chunk is already a list."""
-    return item
-
-
-def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
-                batch_size: int = 64, frames: bool = False, num_workers: int | None = None,
-                max_load_sec: float = 60.0, progress: bool = True, flush_every: int = 256) -> EmbedSummary:
-    """Embed `paths` into `out`: `embeddings.npy` (float32, one row per ok file) and `index.csv`.
-
-    Files are read in chunks of `batch_size` (at most 32 in CPU workers); the clips of a chunk with equal decoded
-    length form one model batch (so a file's embedding never depends on its batch neighbours). Memory stays bounded
-    whatever the length: clips longer than `CHUNK_FRAMES` log-mel frames (20 s) run alone in chunks, and files
-    longer than `max_load_sec` are also read from disk in blocks. With `frames=True`, each ok file's frame
-    embeddings and their timestamps (ms) go to `out/frames/<hash>.npz` (`embeddings`, `timestamps_ms`), named in
-    index.csv's `frames` column. Finished work is saved in shards every `flush_every` files, so rerunning on the
-    same `out` skips it. Failed files are recorded with their error and retried on the next run.
-
-    `num_workers` DataLoader worker processes (default: one per CPU core on a CPU model, 2 on an accelerator) decode
-    the files. On a CPU model they also run the model, each on one thread: on this project's 2-core benchmark
-    machine, two single-threaded processes embed faster than one process on two threads, and decoding then never
-    competes with the model's threads (benchmarks/embed_speed.py). With `num_workers=0` everything runs in this
-    process.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [str(Path(p).resolve()) for p in paths]
-    if len(set(files)) != len(files):
-        raise ValueError("duplicate input files")
-    on_cpu = embedder.device.type == "cpu"
-    if num_workers is None:
-        num_workers = len(os.sched_getaffinity(0)) if on_cpu else 2
-    fingerprint = {"checkpoint_id": getattr(embedder, "checkpoint_id", None), "frames": frames,
-                   "norm_stats": embedder.norm_stats.to_dict() if embedder.norm_stats else None}
-    shards = _Shards(out, fingerprint)
-    todo = [f for f in files if not shards.done(f)]
-    skipped = len(files) - len(todo)
-    in_workers = on_cpu and num_workers > 0
-    if in_workers and embedder.prenorm is None:
-        embedder._normalized_logmel(torch.zeros(1, 1))  # raises the missing-statistics error here, not per file
-    # Small chunks keep CPU workers evenly loaded to the end (their model runs micro-batches of 16 anyway).
-    chunk = min(batch_size, _CPU_WORKER_CHUNK) if in_workers else batch_size
-    chunks = _Chunks(todo, chunk, embedder.sample_rate, max_load_sec, embedder if in_workers else None, frames)
-    loader = torch.utils.data.DataLoader(chunks, batch_size=None, collate_fn=_unbatched, num_workers=num_workers,
-                                         prefetch_factor=2 if num_workers else None)
-    pending_records: list[dict] = []
-    pending_emb: list[np.ndarray] = []
-    frames_dir = out / "frames"
-
-    def record(item: _Item) -> None:
-        file = item.file
-        if item.error:
-            pending_records.append({"file": file, "status": "error", "error": item.error, "duration_s": ""})
-            return
-        rec = {"file": file, "status": "ok", "error": "", "duration_s": round(item.duration_s, 4)}
-        if item.frames is not None:
-            frames_dir.mkdir(exist_ok=True)
-            name = f"{hashlib.sha1(file.encode()).hexdigest()[:16]}.npz"
-            tmp = frames_dir / f"{name}.tmp.npz"
-            np.savez(tmp, embeddings=item.frames.numpy().astype(np.float32),
-                     timestamps_ms=embedder.frame_timestamps_ms(len(item.frames)).numpy())
-            os.replace(tmp, frames_dir / name)
-            rec["frames"] = f"frames/{name}"
-        pending_records.append(rec)
-        pending_emb.append(item.clip.numpy())
-
-    with tqdm(total=len(todo), desc="embed", unit="file", disable=not progress) as bar:
-        for items in loader:
-            if not in_workers:
-                _embed_items(embedder, items, frames)
-            for item in items:
-                record(item)
-            bar.update(len(items))
-            if len(pending_records) >= flush_every:
-                shards.write(list(pending_records), list(pending_emb), embedder.embed_dim)
-                pending_records.clear()
-                pending_emb.clear()
-        if pending_records:
-            shards.write(pending_records, pending_emb, embedder.embed_dim)
-    ok, failed = shards.finalize(out, files, embedder.embed_dim)
-    return EmbedSummary(ok=ok, failed=failed, skipped=skipped, out=out)
+        return getattr(embed_job, name)
+    raise AttributeError(f"module 'byola.embed' has no attribute {name!r}")

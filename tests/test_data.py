@@ -58,9 +58,9 @@ def test_scan_folders_lists_dedup_and_order(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no audio files"):
         scan_corpus([tmp_path / "empty"])
-    (tmp_path / "bin.dat").write_bytes(b"\xff\xfe\x00\x81" * 10)
-    with pytest.raises(ValueError, match="neither an audio file"):
-        scan_corpus([tmp_path / "bin.dat"])
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00\x81" * 10)
+    with pytest.raises(ValueError, match="not a UTF-8 text list"):
+        scan_corpus([tmp_path / "bin.txt"])
 
 
 def test_crops_reproducible_exact_and_worker_independent(corpus: list[Path]) -> None:

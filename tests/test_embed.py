@@ -198,7 +198,7 @@ def test_interrupted_run_resumes_without_loss(ckpt, tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "embeddings.npy").exists()
     monkeypatch.undo()
     resumed = byola.load(ckpt).embed_files(paths, tmp_path / "out", batch_size=3, num_workers=0, progress=False)
-    assert resumed.skipped == 6 and resumed.ok == 12
+    assert resumed.reused == 6 and resumed.ok == 12
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "embeddings.npy"),
                                   np.load(tmp_path / "ref" / "embeddings.npy"))
     assert _read_index(tmp_path / "out") == _read_index(tmp_path / "ref")
@@ -221,7 +221,7 @@ def test_frames_output(ckpt, tone_wav, tmp_path):
 def test_collect_inputs_list_file_and_missing(tmp_path, tone_wav):
     listing = tmp_path / "files.txt"
     listing.write_text(f"# comment\n{tone_wav.name}\n\n{tone_wav}\n")
-    assert embed_mod.collect_inputs([listing, tone_wav]) == [tone_wav.resolve()]
+    assert embed_mod.collect_inputs([listing, tone_wav]) == [str(tone_wav)]
     with pytest.raises(FileNotFoundError, match="nope.wav"):
         embed_mod.collect_inputs([tmp_path / "nope.wav"])
 
@@ -236,7 +236,8 @@ def test_cli_embed_exit_codes(ckpt, corpus, tmp_path):
     cmd[cmd.index(str(tmp_path / "good"))] = str(tmp_path / "bad")
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 1
-    assert "1 embedded, 1 failed" in done.stderr
+    assert "1 ok (1 embedded now, 0 reused from an earlier run), 1 failed" in done.stderr
+    assert f"failed: {corpus['bad_text']}: " in done.stderr and "index.csv" in done.stderr
 
 
 def test_checkpoint_without_stats_uses_inputs(ckpt, tmp_path, corpus):

@@ -1,0 +1,511 @@
+"""The resumable files → embeddings job behind `byola embed`, and the reader of its output folder.
+
+OUTDIR holds ``embeddings.npy`` (float32, one row per ok file), ``index.csv`` (one line per input) and
+``manifest.json``, written last: it names the generation, the settings fingerprint and the size and SHA-256 of
+the other two files. The folder is complete exactly when the manifest exists and matches both files
+(`read_embeddings` checks it); a run removes the manifest before it replaces the files, so an interrupted commit
+is visible as an incomplete folder, never as a new matrix beside an old index.
+
+The resume state lives in ``OUTDIR/.byola_embed``: ``settings.json`` (everything that changes the numbers), shard
+files of finished work, and ``lock`` (an advisory lock: one writer at a time, released when its holder dies).
+Every file is written through `byola.files` (exclusive unique temporary name, fsync, rename).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import embed as _embed
+from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio_if_shorter, stream_audio
+from .embed import Embedder, pool_frames
+from .files import FolderBusy, FolderLock, atomic_write_text, atomic_writer, file_sha256, fsync_dir, list_inputs
+
+INDEX_COLUMNS = ["file", "row", "status", "error", "duration_s"]
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+_STATE_DIR = ".byola_embed"
+_CPU_WORKER_CHUNK = 32
+_SHOWN_FAILURES = 5
+
+
+class EmbedJobError(ValueError):
+    """A job that cannot run as asked (bad option, output folder busy or made with other settings); ``str()`` is
+    one line for the user."""
+
+
+class IncompleteOutput(EmbedJobError):
+    """An output folder without a valid manifest: interrupted, in progress, or modified since."""
+
+
+@dataclass
+class EmbedSummary:
+    """``ok``/``failed``: files of this job; ``reused``: ok files whose embedding came from an earlier run into the
+    same folder (not recomputed); ``failures``: ``(file, reason)`` of the failed files."""
+
+    ok: int
+    failed: int
+    reused: int
+    out: Path
+    failures: list[tuple[str, str]]
+
+    @property
+    def skipped(self) -> int:  # the old name of `reused`
+        return self.reused
+
+    def describe(self) -> str:
+        """The console summary: counts, the first failed files and where the full list is."""
+        now = self.ok - self.reused
+        lines = [f"{self.ok} ok ({now} embedded now, {self.reused} reused from an earlier run), {self.failed} "
+                 f"failed -> {self.out} (every input is listed in {self.out / 'index.csv'})"]
+        for file, reason in self.failures[:_SHOWN_FAILURES]:
+            lines.append(f"  failed: {printable(reason if file in reason else f'{file}: {reason}')}")
+        if self.failed > _SHOWN_FAILURES:
+            lines.append(f"  ... and {self.failed - _SHOWN_FAILURES} more failed (status=error in index.csv)")
+        return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """``text`` with the bytes of file names that are not valid UTF-8 written as ``\\xNN`` (so it can be written
+    to a UTF-8 file or terminal)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Every path to embed or report, from files, folders (recursive, audio extensions) and ``.txt``/``.lst``
+    lists (`byola.files.list_inputs`): readable files and entries that will get an error row (broken links,
+    non-regular files, unreadable folders). An input given explicitly that does not exist raises
+    `FileNotFoundError`."""
+    found = list_inputs(inputs, AUDIO_EXTENSIONS)
+    if found.missing:
+        raise FileNotFoundError(f"input not found: {found.missing[0]}")
+    return found.all()
+
+
+def check_options(batch_size: int = 64, num_workers: int | None = None, max_load_sec: float = 60.0,
+                  flush_every: int = 256) -> None:
+    """Raise `EmbedJobError` (one line) for option values that make no sense."""
+    def positive_int(name: str, value) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise EmbedJobError(f"--{name} must be a positive integer, got {value!r}")
+
+    positive_int("batch_size", batch_size)
+    positive_int("flush_every", flush_every)
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                    or num_workers < 0):
+        raise EmbedJobError(f"--num_workers must be 0 or a positive integer, got {num_workers!r}")
+    if isinstance(max_load_sec, bool) or not isinstance(max_load_sec, (int, float)) or not max_load_sec > 0:
+        raise EmbedJobError(f"max_load_sec must be a positive number, got {max_load_sec!r}")
+
+
+def job_settings(embedder: Embedder, frames: bool) -> dict:
+    """Everything that changes the numbers of an embed job's output: the embedder's `settings()` and frames."""
+    return {**embedder.settings(), "frames": bool(frames)}
+
+
+def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    names = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            names += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            names.append(f"{prefix}{key} ({a!r} there, {b!r} now)")
+    return names
+
+
+def recorded_norm_stats(out: str | os.PathLike) -> tuple[float, float] | None:
+    """The normalization statistics an earlier run recorded in ``out`` (None if there is none)."""
+    path = Path(out) / _STATE_DIR / "settings.json"
+    if not path.is_file():
+        return None
+    stats = json.loads(path.read_text()).get("settings", {}).get("norm_stats")
+    return (stats["mean"], stats["std"]) if stats else None
+
+
+class _State:
+    """Finished work kept as shard files under OUTDIR/.byola_embed, so an interrupted run loses nothing."""
+
+    def __init__(self, out: Path, settings: dict, norm_stats_source: str) -> None:
+        self.dir = out / _STATE_DIR
+        _make_own_dir(self.dir)
+        self.settings = settings
+        meta = self.dir / "settings.json"
+        if meta.exists():
+            previous = json.loads(meta.read_text()).get("settings", {})
+            changed = _differences(previous, settings)
+            if changed:
+                raise EmbedJobError(f"{out} holds embeddings made with other settings: {'; '.join(changed)}; "
+                                    "choose another --out or delete it")
+        else:
+            atomic_write_text(meta, json.dumps({"settings": settings, "norm_stats_source": norm_stats_source},
+                                               sort_keys=True, indent=1))
+        self.records: dict[str, dict] = {}
+        self.embeddings: dict[str, np.ndarray] = {}
+        self.shards = sorted(self.dir.glob("shard_*.npz"))
+        for shard in self.shards:
+            with np.load(shard, allow_pickle=False) as data:
+                for rec in json.loads(str(data["records"])):
+                    self.records[rec["file"]] = rec
+                    if rec["status"] == "ok":
+                        self.embeddings[rec["file"]] = data["embeddings"][rec["shard_row"]]
+                    else:
+                        self.embeddings.pop(rec["file"], None)
+        self._next = 1 + max((int(p.stem.split("_")[1]) for p in self.shards), default=-1)
+
+    def done(self, file: str) -> bool:
+        return self.records.get(file, {}).get("status") == "ok"
+
+    def write(self, records: list[dict], embeddings: list[np.ndarray], dim: int) -> Path:
+        """One shard of finished records (ok ones with their embedding, in order)."""
+        ok = [rec for rec in records if rec["status"] == "ok"]
+        for row, rec in enumerate(ok):
+            rec["shard_row"] = row
+        stacked = np.stack(embeddings).astype(np.float32) if embeddings else np.zeros((0, dim), np.float32)
+        path = self.dir / f"shard_{self._next:07d}.npz"
+        with atomic_writer(path) as f:
+            np.savez(f, embeddings=stacked, records=np.array(json.dumps(records)))
+        self._next += 1
+        for rec in records:
+            self.records[rec["file"]] = rec
+            self.embeddings.pop(rec["file"], None)
+        for rec, emb in zip(ok, embeddings):
+            self.embeddings[rec["file"]] = emb
+        return path
+
+    def compact(self, dim: int) -> None:
+        """Rewrite the state as one shard (latest record per file), so reruns of a job do not grow it."""
+        old = sorted(self.dir.glob("shard_*.npz"))
+        if len(old) <= 1:
+            return
+        records = [dict(rec) for rec in self.records.values()]
+        self.write(records, [self.embeddings[r["file"]] for r in records if r["status"] == "ok"], dim)
+        for path in old:  # the new shard, read last, already holds everything they hold
+            path.unlink()
+
+    def commit(self, out: Path, files: list[str], dim: int) -> tuple[int, list[tuple[str, str]]]:
+        """Write embeddings.npy and index.csv in the order of `files`, then the manifest that vouches for both."""
+        ok_files = [f for f in files if self.done(f)]
+        matrix = np.stack([self.embeddings[f] for f in ok_files]).astype(np.float32) if ok_files \
+            else np.zeros((0, dim), np.float32)
+        row_of = {f: i for i, f in enumerate(ok_files)}
+        with_frames = any(self.records[f].get("frames") for f in files)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=INDEX_COLUMNS + (["frames"] if with_frames else []),
+                                lineterminator="\n")
+        writer.writeheader()
+        failures = []
+        for file in files:
+            rec = self.records[file]
+            row = {"file": printable(file), "row": row_of.get(file, ""), "status": rec["status"],
+                   "error": printable(rec.get("error", "")), "duration_s": rec.get("duration_s", "")}
+            if with_frames:
+                row["frames"] = printable(rec.get("frames", ""))
+            writer.writerow(row)
+            if rec["status"] != "ok":
+                failures.append((file, rec.get("error", "")))
+        index_bytes = text.getvalue().encode("utf-8")  # everything that can fail is done before the first write
+
+        manifest_path = out / MANIFEST
+        generation = _read_manifest(out).get("generation", 0) if manifest_path.exists() else 0
+        manifest_path.unlink(missing_ok=True)  # from here until the new manifest, the folder reads as incomplete
+        fsync_dir(out)
+        with atomic_writer(out / "embeddings.npy") as f:
+            np.save(f, matrix)
+        with atomic_writer(out / "index.csv") as f:
+            f.write(index_bytes)
+        manifest = {"format": MANIFEST_FORMAT, "generation": generation + 1, "settings": self.settings,
+                    "rows": len(ok_files), "files": len(files), "failed": len(failures),
+                    "contents": {name: {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
+                                 for name in ("embeddings.npy", "index.csv")}}
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+        fsync_dir(out)
+        return len(ok_files), failures
+
+
+def _make_own_dir(path: Path) -> None:
+    """Create ``path`` (a folder byola writes in); refuse a link or a non-folder placed under its name."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise EmbedJobError(f"{path} is a link or not a folder: byola only writes in folders it creates")
+
+
+def _read_manifest(out: Path) -> dict:
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass
+class EmbedOutput:
+    """A complete, checked embed output folder: ``embeddings`` [rows, D] float32, ``index`` (index.csv's rows as
+    dicts; ``row`` is an int for ok files, None otherwise) and the ``settings`` that made it."""
+
+    embeddings: np.ndarray
+    index: list[dict]
+    settings: dict
+    generation: int
+
+
+def read_embeddings(out: str | os.PathLike, verify: bool = True) -> EmbedOutput:
+    """Read an embed output folder, checking that it is complete: the manifest exists and the sizes (and, with
+    ``verify``, the SHA-256) of embeddings.npy and index.csv match it. Raises `IncompleteOutput` otherwise."""
+    out = Path(out)
+    manifest = _read_manifest(out)
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise IncompleteOutput(f"{out} is not a complete byola embed output (no valid {MANIFEST}: a run was "
+                               "interrupted, is still running, or the folder was modified); rerun the same "
+                               "byola embed command to complete it")
+    for name, expected in manifest["contents"].items():
+        path = out / name
+        if not path.is_file() or path.stat().st_size != expected["bytes"] or \
+                (verify and file_sha256(path) != expected["sha256"]):
+            raise IncompleteOutput(f"{path} does not match {out / MANIFEST} (generation "
+                                   f"{manifest['generation']}): the folder was modified or a run was interrupted; "
+                                   "rerun the same byola embed command")
+    embeddings = np.load(out / "embeddings.npy", allow_pickle=False)
+    with open(out / "index.csv", newline="", encoding="utf-8") as f:
+        index = list(csv.DictReader(f))
+    for row in index:
+        row["row"] = int(row["row"]) if row["row"] != "" else None
+    return EmbedOutput(embeddings, index, manifest["settings"], manifest["generation"])
+
+
+@dataclass
+class _Item:
+    """One input file's way through `embed_files`: decoded (`wave`), embedded (`clip`, `frames`), failed (`error`) or
+    to be read from disk in blocks (`stream`, for files longer than `max_load_sec`)."""
+
+    file: str
+    wave: torch.Tensor | None = None
+    clip: torch.Tensor | None = None
+    frames: torch.Tensor | None = None
+    error: str = ""
+    stream: bool = False
+    duration_s: float = 0.0
+
+
+def _failure(file: str, err: Exception) -> str:
+    return str(err) if isinstance(err, AudioError) else f"{file}: {type(err).__name__}: {err}"
+
+
+def _not_a_file(file: str) -> str:
+    """Why ``file`` cannot be opened as an audio file (broken link, folder, FIFO, ...), or "" if it can be tried."""
+    try:
+        mode = os.stat(file).st_mode
+    except FileNotFoundError:
+        return f"{file}: broken link to {os.readlink(file)}" if os.path.islink(file) else f"{file}: no such file"
+    except OSError as err:
+        return f"{file}: cannot read: {err.strerror}"
+    if stat.S_ISDIR(mode):
+        return f"{file}: a folder, not an audio file" + ("" if os.access(file, os.R_OK | os.X_OK)
+                                                         else " (and not readable)")
+    return "" if stat.S_ISREG(mode) else f"{file}: not a regular file"
+
+
+_NOT_FINITE = "the model's embedding is not finite (NaN or Inf): the checkpoint's weights or normalization " \
+              "statistics are broken"
+
+
+def _embed_items(embedder: Embedder, items: list[_Item], frames: bool) -> None:
+    """Embed the decoded (or to be streamed) items in place.
+
+    Clips of up to `CHUNK_FRAMES` log-mel frames run in batches of equal length (nothing is padded: a file's
+    embedding does not depend on its neighbours beyond float rounding, see README); longer ones run alone in
+    chunks, so memory stays bounded. A batch the model rejects (e.g. clips shorter than its minimum) fails per
+    file; an embedding with NaN or Inf is an error.
+    """
+    groups: dict[int, list[_Item]] = {}
+    for item in items:
+        if item.stream:
+            _embed_in_chunks(embedder, item, stream_audio(item.file, embedder.sample_rate), frames)
+        elif item.wave is not None and embedder.frontend.n_frames(len(item.wave)) > _embed.CHUNK_FRAMES:
+            _embed_in_chunks(embedder, item, [item.wave], frames)
+        elif item.wave is not None:
+            groups.setdefault(len(item.wave), []).append(item)
+    for group in groups.values():
+        waves = torch.stack([item.wave for item in group])
+        try:
+            if frames:
+                frame_emb = embedder.embed_frames_batch(waves)
+                clips = frame_emb.max(dim=1).values + frame_emb.mean(dim=1)
+            else:
+                frame_emb, clips = None, embedder.embed_batch(waves)
+        except Exception as err:  # noqa: BLE001 -- reported per file, the run goes on
+            for item in group:
+                item.error, item.wave = _failure(item.file, err), None
+            continue
+        finite = torch.isfinite(clips).all(dim=1)
+        if frame_emb is not None:
+            finite &= torch.isfinite(frame_emb).flatten(1).all(dim=1)
+        for k, item in enumerate(group):
+            item.wave = None
+            if not finite[k]:
+                item.error = f"{item.file}: {_NOT_FINITE}"
+                continue
+            item.clip = clips[k].float().cpu()
+            item.frames = None if frame_emb is None else frame_emb[k].float().cpu()
+
+
+def _embed_in_chunks(embedder: Embedder, item: _Item, blocks: Iterable[torch.Tensor], frames: bool) -> None:
+    """Embed one long input given as waveform blocks, chunk by chunk (`Embedder._stream_frame_embeddings`)."""
+    try:
+        chunks = embedder._stream_frame_embeddings(blocks)
+        if frames:  # frame embeddings are kept whole; clip embeddings pool on the fly
+            item.frames = torch.cat(list(chunks)).float().cpu()
+            item.clip = pool_frames([item.frames])
+        else:
+            item.clip = pool_frames(chunks).float().cpu()
+        if not (torch.isfinite(item.clip).all() and (item.frames is None or torch.isfinite(item.frames).all())):
+            item.clip, item.frames, item.error = None, None, f"{item.file}: {_NOT_FINITE}"
+        elif item.stream:
+            item.duration_s = audio_duration(item.file)
+    except Exception as err:  # noqa: BLE001 -- reported per file, the run goes on
+        item.error = _failure(item.file, err)
+    item.wave, item.stream = None, False
+
+
+class _Chunks(torch.utils.data.Dataset):
+    """Item k = files [k·size, (k+1)·size): decoded and resampled, and, when given an `embedder`, also embedded.
+
+    In DataLoader workers this puts whole files' work in parallel processes (one torch thread each).
+    """
+
+    def __init__(self, files: list[str], size: int, sample_rate: int, max_load_sec: float,
+                 embedder: Embedder | None, frames: bool) -> None:
+        self.files, self.size, self.sample_rate, self.max_load_sec = files, size, sample_rate, max_load_sec
+        self.embedder, self.frames = embedder, frames
+
+    def __len__(self) -> int:
+        return -(-len(self.files) // self.size)
+
+    def __getitem__(self, k: int) -> list[_Item]:
+        items = []
+        for i in range(k * self.size, min((k + 1) * self.size, len(self.files))):
+            file = self.files[i]
+            item = _Item(file, error=_not_a_file(file))
+            if not item.error:
+                try:
+                    item.wave = load_audio_if_shorter(file, self.max_load_sec, self.sample_rate)
+                    if item.wave is None:
+                        item.stream = True
+                    else:
+                        item.duration_s = len(item.wave) / self.sample_rate
+                except Exception as err:  # noqa: BLE001 -- an unexpected decoder failure is reported per file too
+                    item.error = _failure(file, err)
+            items.append(item)
+        if self.embedder is not None:
+            _embed_items(self.embedder, items, self.frames)
+        return items
+
+
+def _unbatched(item: list[_Item]) -> list[_Item]:
+    """DataLoader collate function: a chunk is already a list."""
+    return item
+
+
+def frames_name(file: str) -> str:
+    """Where ``file``'s frame embeddings go inside OUTDIR: ``frames/`` + its absolute path + ``.npz``, so they can
+    be found without index.csv."""
+    return "frames/" + os.path.abspath(file).lstrip(os.sep) + ".npz"
+
+
+def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
+                batch_size: int = 64, frames: bool = False, num_workers: int | None = None,
+                max_load_sec: float = 60.0, progress: bool = True, flush_every: int = 256) -> EmbedSummary:
+    """Embed `paths` into `out`: `embeddings.npy` (float32, one row per ok file), `index.csv` (one line per path,
+    in the given order, paths absolute but links not resolved) and `manifest.json` (see the module docstring).
+
+    Files are read in chunks of `batch_size` (at most 32 in CPU workers); the clips of a chunk with equal decoded
+    length form one model batch. Memory stays bounded whatever the length: clips longer than `CHUNK_FRAMES`
+    log-mel frames (20 s) run alone in chunks, and files longer than `max_load_sec` are also read from disk in
+    blocks. With `frames=True`, each ok file's frame embeddings and their timestamps (ms) go to
+    `out/frames/<absolute path of the file>.npz` (`embeddings`, `timestamps_ms`), also named in index.csv's
+    `frames` column. Finished work is saved in shards every `flush_every` files, so rerunning on the same `out`
+    reuses it; failed files are recorded with their error and retried on the next run. A second job into the same
+    `out` while one runs, or one with settings that change the numbers (`job_settings`), raises `EmbedJobError`.
+
+    `num_workers` DataLoader worker processes (default: one per CPU core on a CPU model, 2 on an accelerator) decode
+    the files. On a CPU model they also run the model, each on one thread: on this project's 2-core benchmark
+    machine, two single-threaded processes embed faster than one process on two threads, and decoding then never
+    competes with the model's threads (benchmarks/embed_speed.py). With `num_workers=0` everything runs in this
+    process.
+    """
+    check_options(batch_size, num_workers, max_load_sec, flush_every)
+    out = Path(out)
+    files = [os.path.abspath(p) for p in paths]
+    if len(set(files)) != len(files):
+        raise EmbedJobError("duplicate input files")
+    if embedder.prenorm is None:
+        embedder._normalized_logmel(torch.zeros(1, 1))  # raises the missing-statistics error before any work
+    _make_own_dir(out)
+    _make_own_dir(out / _STATE_DIR)
+    try:
+        with FolderLock(out / _STATE_DIR, "lock"):
+            return _run(embedder, files, out, batch_size, frames, num_workers, max_load_sec, progress, flush_every)
+    except FolderBusy as err:
+        raise EmbedJobError(f"{out} is being written by another byola embed run; wait for it to finish or choose "
+                            "another --out") from err
+
+
+def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frames: bool, num_workers: int | None,
+         max_load_sec: float, progress: bool, flush_every: int) -> EmbedSummary:
+    on_cpu = embedder.device.type == "cpu"
+    if num_workers is None:
+        num_workers = len(os.sched_getaffinity(0)) if on_cpu else 2
+    state = _State(out, job_settings(embedder, frames), getattr(embedder, "norm_stats_source", ""))
+    had_state = bool(state.shards)
+    todo = [f for f in files if not state.done(f)]
+    reused = len(files) - len(todo)
+    in_workers = on_cpu and num_workers > 0
+    # Small chunks keep CPU workers evenly loaded to the end (their model runs micro-batches of 16 anyway).
+    chunk = min(batch_size, _CPU_WORKER_CHUNK) if in_workers else batch_size
+    chunks = _Chunks(todo, chunk, embedder.sample_rate, max_load_sec, embedder if in_workers else None, frames)
+    loader = torch.utils.data.DataLoader(chunks, batch_size=None, collate_fn=_unbatched, num_workers=num_workers,
+                                         prefetch_factor=2 if num_workers else None)
+    pending_records: list[dict] = []
+    pending_emb: list[np.ndarray] = []
+
+    def record(item: _Item) -> None:
+        file = item.file
+        if item.error:
+            pending_records.append({"file": file, "status": "error", "error": item.error, "duration_s": ""})
+            return
+        rec = {"file": file, "status": "ok", "error": "", "duration_s": round(item.duration_s, 4)}
+        if item.frames is not None:
+            name = frames_name(file)
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_writer(out / name) as f:
+                np.savez(f, embeddings=item.frames.numpy().astype(np.float32),
+                         timestamps_ms=embedder.frame_timestamps_ms(len(item.frames)).numpy())
+            rec["frames"] = name
+        pending_records.append(rec)
+        pending_emb.append(item.clip.numpy())
+
+    with tqdm(total=len(todo), desc="embed", unit="file", disable=not progress) as bar:
+        for items in loader:
+            if not in_workers:
+                _embed_items(embedder, items, frames)
+            for item in items:
+                record(item)
+            bar.update(len(items))
+            if len(pending_records) >= flush_every:
+                state.write(list(pending_records), list(pending_emb), embedder.embed_dim)
+                pending_records.clear()
+                pending_emb.clear()
+        if pending_records:
+            state.write(pending_records, pending_emb, embedder.embed_dim)
+    if had_state:
+        state.compact(embedder.embed_dim)
+    ok, failures = state.commit(out, files, embedder.embed_dim)
+    return EmbedSummary(ok=ok, failed=len(failures), reused=reused, out=out, failures=failures)
