@@ -73,7 +73,8 @@ def _open(path: PathLike) -> sf.SoundFile:
     """Open ``path`` for reading after checking it is a non-empty, untruncated audio file with samples."""
     _check_file(path)
     try:
-        f = _SequentialSoundFile(path)
+        # Bytes, so that names which are not valid UTF-8 open too (soundfile encodes str names strictly).
+        f = _SequentialSoundFile(os.fsencode(path))
     except sf.LibsndfileError as e:
         said = e.error_string.strip().rstrip(".")
         if "malformed" in said.lower():

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +152,7 @@ class _State:
                                                sort_keys=True, indent=1))
         self.records: dict[str, dict] = {}
         self.embeddings: dict[str, np.ndarray] = {}
-        self.shards = sorted(self.dir.glob("shard_*.npz"))
+        self.shards = _shards(self.dir)
         for shard in self.shards:
             with np.load(shard, allow_pickle=False) as data:
                 for rec in json.loads(str(data["records"])):
@@ -184,7 +185,7 @@ class _State:
 
     def compact(self, dim: int) -> None:
         """Rewrite the state as one shard (latest record per file), so reruns of a job do not grow it."""
-        old = sorted(self.dir.glob("shard_*.npz"))
+        old = _shards(self.dir)
         if len(old) <= 1:
             return
         records = [dict(rec) for rec in self.records.values()]
@@ -230,6 +231,12 @@ class _State:
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
         fsync_dir(out)
         return len(ok_files), failures
+
+
+def _shards(folder: Path) -> list[Path]:
+    """The state's shard files, in order (regular files named ``shard_NNNNNNN.npz``; anything else is ignored)."""
+    return sorted(p for p in folder.glob("shard_*.npz")
+                  if re.fullmatch(r"shard_\d{7}\.npz", p.name) and stat.S_ISREG(os.lstat(p).st_mode))
 
 
 def _make_own_dir(path: Path) -> None:

@@ -48,9 +48,11 @@ def new_temp(path: PathLike) -> str:
 
 
 def commit(tmp: PathLike, path: PathLike) -> None:
-    """Flush ``tmp`` to disk and rename it over ``path`` (a link of that name is replaced, not followed)."""
+    """Flush ``tmp`` to disk and rename it over ``path`` (a link of that name is replaced, not followed), with the
+    permissions the user's umask gives new files (whatever the writer that filled ``tmp`` set)."""
     fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
     try:
+        os.fchmod(fd, new_file_mode())
         os.fsync(fd)
     finally:
         os.close(fd)

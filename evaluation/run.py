@@ -3,8 +3,9 @@
 Per task and fold: every clip is cropped or zero-padded to ``unit_sec`` (train/valid clips at a random offset drawn
 once per clip from ``crop_seed``, test clips from the start); the embedder's normalization statistics are computed
 exactly from that fold's (cropped) training clips; all clips are embedded once into a memory-mapped ``.npy``
-cache keyed by (embedder name, task content, unit_sec, crop seed, fold roles), written atomically and reused on
-rerun; then the probe runs over the grid and the seeds (see ``probe``), the grid value is chosen on validation,
+cache keyed by (embedder name, task content, unit_sec, crop seed, fold roles), written atomically with its size
+and SHA-256 beside it, and reused on rerun only if it still matches them (a truncated or foreign file is reported
+and recomputed); then the probe runs over the grid and the seeds (see ``probe``), the grid value is chosen on validation,
 and the task score is the mean ± std over seeds of the fold-averaged test score.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from byola.files import atomic_write_text, commit, file_sha256, new_temp
 
 from .embedders import ClipEmbedder, EmbedderFactory
 from .probe import ProbeConfig, Trial, choose, make_fold_data, run_trials
@@ -126,10 +130,11 @@ def embed_fold(task: Task, fold: Fold, embedder: ClipEmbedder, cache_dir: Path, 
     key = _digest(key_fields)
     path = Path(cache_dir) / _slug(task.name) / f"{_slug(embedder.name)}-{fold.name}-{key[:16]}.npy"
     meta_path = path.with_suffix(".json")
-    if path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key:
-            return np.load(path, mmap_mode="r"), meta, True
+    cached, problem = _read_cache(path, meta_path, key, len(task))
+    if cached is not None:
+        return cached[0], cached[1], True
+    if problem:
+        warnings.warn(f"embedding cache {path} not used ({problem}): recomputing it", stacklevel=2)
     path.parent.mkdir(parents=True, exist_ok=True)
     fractions = np.random.default_rng(crop_seed).random(len(task))
     offsets: list[float | None] = [float(f) for f in fractions]
@@ -146,7 +151,9 @@ def embed_fold(task: Task, fold: Fold, embedder: ClipEmbedder, cache_dir: Path, 
 
     stats = embedder.fit_norm(train_clips())
     meta = {"key": key, **key_fields, "norm_stats": stats, "n": len(task)}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    # The array goes to an exclusively created temporary file, renamed into place once complete; the metadata
+    # (key, size, SHA-256 of the array) is written last and vouches for it (`_read_cache`).
+    tmp = new_temp(path)
     array = None
     start = 0
     try:
@@ -154,20 +161,42 @@ def embed_fold(task: Task, fold: Fold, embedder: ClipEmbedder, cache_dir: Path, 
                           disable=not progress, leave=False):
             emb = embedder.embed_clips(batch).detach().float().cpu().numpy()
             if array is None:
-                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(task), emb.shape[1]))
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                  shape=(len(task), emb.shape[1]))
             array[start:start + len(emb)] = emb
             start += len(emb)
         array.flush()
+        meta["dim"] = int(array.shape[1])
         del array
-        meta["dim"] = int(np.load(tmp, mmap_mode="r").shape[1])
-        meta_tmp = meta_path.with_name(meta_path.name + f".tmp{os.getpid()}")
-        meta_tmp.write_text(json.dumps(meta, indent=1, default=str))
-        os.replace(meta_tmp, meta_path)
-        os.replace(tmp, path)
+        meta_path.unlink(missing_ok=True)
+        commit(tmp, path)
+        meta["bytes"], meta["sha256"] = path.stat().st_size, file_sha256(path)
+        atomic_write_text(meta_path, json.dumps(meta, indent=1, default=str))
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        Path(tmp).unlink(missing_ok=True)
     return np.load(path, mmap_mode="r"), meta, False
+
+
+def _read_cache(path: Path, meta_path: Path, key: str, n: int) -> tuple[tuple[np.ndarray, dict] | None, str]:
+    """``((embeddings memmap, meta), "")`` for a complete cache entry of ``key``, else ``(None, why not)`` ("" when
+    there is none): the metadata must name the key, the array's size and SHA-256, and the array must be
+    float32 ``[n, dim]``."""
+    if not path.exists() and not meta_path.exists():
+        return None, ""
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != key:
+            return None, "its metadata belongs to other settings"
+        if path.stat().st_size != meta.get("bytes"):
+            return None, f"{path.stat().st_size} bytes, expected {meta.get('bytes')} (truncated or replaced)"
+        if file_sha256(path) != meta.get("sha256"):
+            return None, "its checksum does not match its metadata (modified or foreign file)"
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        return None, f"unreadable: {err}"
+    if array.dtype != np.float32 or array.shape != (n, meta.get("dim")):
+        return None, f"array {array.dtype} {array.shape}, expected float32 ({n}, {meta.get('dim')})"
+    return (array, meta), ""
 
 
 def run_task(task: Task, embedder: ClipEmbedder, cache_dir: str | os.PathLike, *, seeds: Sequence[int] = (0, 1, 2),

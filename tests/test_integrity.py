@@ -1,0 +1,349 @@
+"""Outputs that cannot lie (issue 10): embed's OUTDIR commit, one writer, no writes through placed paths, settings
+fingerprint, non-finite embeddings, every input accounted for, explicit normalization statistics, option checks,
+convert's refusals and file modes, and the evaluation cache's checks. Generated audio, tiny models."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import byola
+from byola import embed as embed_mod
+from byola.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from byola.frontend import LogMelSpectrogram
+from byola.models import build_encoder
+from byola.norm import NormStats
+from tests.conftest import make_tone
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, build_encoder("AudioNTT2020", n_mels=64, d=32), LogMelSpectrogram().config(),
+                    NormStats(mean=-8.0, std=4.0, count=1), {"source": "test"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def bare_ckpt(ckpt, tmp_path_factory) -> Path:
+    """The same model without normalization statistics (like converted official weights)."""
+    encoder, meta = load_checkpoint(ckpt)
+    path = tmp_path_factory.mktemp("bare") / "bare.safetensors"
+    save_checkpoint(path, encoder, meta["frontend"], None, {"source": "test"})
+    return path
+
+
+def _clips(folder: Path, n: int, start: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(start, start + n):
+        path = folder / f"{k:02d}.wav"
+        sf.write(path, make_tone(0.5 + 0.1 * (k % 3), freq=200 + 70 * k, seed=k), 16000)
+        paths.append(path)
+    return paths
+
+
+def _index(out: Path) -> list[dict]:
+    with open(out / "index.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "byola", *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+# -- 1. embeddings.npy and index.csv are one commit ----------------------------------------------------------------
+def test_commit_holds_at_every_write_boundary(ckpt, tmp_path, monkeypatch):
+    """A failure injected before each file-system write step (fsync, rename, unlink) of a rerun with other inputs
+    leaves a folder that reads as the old output, the new one, or incomplete (refused): never a mixed pair."""
+    paths = _clips(tmp_path / "in", 4)
+    model = byola.load(ckpt)
+    run = dict(num_workers=0, progress=False, batch_size=2)
+    model.embed_files(paths[:2], tmp_path / "before", **run)
+    model.embed_files(paths, tmp_path / "after", **run)
+    expected = {name: (np.load(tmp_path / name / "embeddings.npy"), _index(tmp_path / name))
+                for name in ("before", "after")}
+
+    calls = {"n": 0, "fail_at": None}
+    real = {name: getattr(os, name) for name in ("replace", "fsync", "unlink")}
+
+    def hooked(name):
+        def op(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == calls["fail_at"]:
+                raise OSError(f"injected failure before os.{name}")
+            return real[name](*args, **kwargs)
+        return op
+
+    for name in real:
+        monkeypatch.setattr(os, name, hooked(name))
+    shutil.copytree(tmp_path / "before", tmp_path / "count")
+    calls["n"] = 0
+    model.embed_files(paths, tmp_path / "count", **run)
+    boundaries = calls["n"]
+    assert boundaries >= 6
+    for k in range(1, boundaries + 1):
+        out = tmp_path / f"fault{k}"
+        shutil.copytree(tmp_path / "before", out)
+        calls["n"], calls["fail_at"] = 0, k
+        with pytest.raises(OSError, match="injected"):
+            model.embed_files(paths, out, **run)
+        calls["fail_at"] = None
+        try:
+            result = embed_mod.read_embeddings(out)
+        except embed_mod.IncompleteOutput:
+            result = None
+        if result is not None:
+            got = (result.embeddings, [{**r, "row": "" if r["row"] is None else str(r["row"])} for r in result.index])
+            assert any(np.array_equal(got[0], e[0]) and got[1] == e[1] for e in expected.values()), f"fault {k}"
+        model.embed_files(paths, out, **run)  # rerunning the job completes it
+        done = embed_mod.read_embeddings(out)
+        np.testing.assert_array_equal(done.embeddings, expected["after"][0])
+        assert _index(out) == expected["after"][1]
+
+
+# -- 2. one writer at a time -----------------------------------------------------------------------------------------
+_SLOW_WRITER = """
+import sys, time
+from pathlib import Path
+import byola
+from byola.embed import Embedder
+original = Embedder.embed_batch
+def slow(self, waves):
+    Path(sys.argv[3]).touch()
+    time.sleep(0.5)
+    return original(self, waves)
+Embedder.embed_batch = slow
+model = byola.load(sys.argv[1])
+files = sorted(str(p) for p in Path(sys.argv[2]).glob("*.wav"))
+model.embed_files(files, sys.argv[4], batch_size=1, num_workers=0, progress=False)
+"""
+
+
+def test_second_writer_is_refused_until_the_first_dies(ckpt, tmp_path):
+    _clips(tmp_path / "in", 30)
+    out, started = tmp_path / "out", tmp_path / "started"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(ckpt), str(tmp_path / "in"), str(started),
+                              str(out)], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not started.exists():
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()
+            time.sleep(0.1)
+        second = _cli("embed", str(tmp_path / "in" / "00.wav"), "--checkpoint", str(ckpt), "--out", str(out),
+                      "--num_workers", "0", "--progress", "False")
+        assert first.poll() is None, "the first run ended before the second was tried: make it slower"
+        assert second.returncode != 0 and "another byola embed" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The killed holder does not block the next run.
+    third = _cli("embed", str(tmp_path / "in"), "--checkpoint", str(ckpt), "--out", str(out), "--num_workers", "0",
+                 "--progress", "False")
+    assert third.returncode == 0, third.stderr
+    assert len(_index(out)) == 30
+
+
+# -- 3. never write through a path someone else placed --------------------------------------------------------------
+def test_placed_links_are_never_written_through(ckpt, tmp_path):
+    paths = _clips(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    (out / ".byola_embed").mkdir(parents=True)
+    victims = {}
+    for name in ("embeddings.tmp.npy", "index.tmp.csv", "manifest.json.tmp", ".byola_embed/settings.json.tmp",
+                 ".byola_embed/shard_0000000.tmp.npz", ".byola_embed/shard_0000000.npz.tmp"):
+        victim = tmp_path / f"victim_{len(victims)}"
+        victim.write_text("precious")
+        os.symlink(victim, out / name)
+        victims[name] = victim
+    summary = byola.load(ckpt).embed_files(paths, out, num_workers=0, progress=False)
+    assert summary.ok == 3
+    for name, victim in victims.items():
+        assert victim.read_text() == "precious", name
+
+
+# -- 4. a setting change never mixes rows ----------------------------------------------------------------------------
+def test_resume_with_another_setting_is_refused_naming_it(ckpt, tmp_path, monkeypatch):
+    paths = _clips(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    byola.load(ckpt).embed_files(paths[:2], out, num_workers=0, progress=False)
+    with pytest.raises(ValueError, match="frontend.backend"):
+        byola.load(ckpt, frontend_backend="nnaudio").embed_files(paths, out, num_workers=0, progress=False)
+    monkeypatch.setattr(embed_mod, "CHUNK_FRAMES", 400)
+    with pytest.raises(ValueError, match="chunk_frames"):
+        byola.load(ckpt).embed_files(paths, out, num_workers=0, progress=False)
+    assert len(_index(out)) == 2
+
+
+# -- 5. non-finite embeddings are errors -----------------------------------------------------------------------------
+def test_nan_weights_give_error_rows(ckpt, tmp_path):
+    encoder, meta = load_checkpoint(ckpt)
+    with torch.no_grad():
+        encoder.fc[0].weight[0, 0] = float("nan")
+    broken = tmp_path / "broken.safetensors"
+    save_checkpoint(broken, encoder, meta["frontend"], meta["norm_stats"], {"source": "test"})
+    paths = _clips(tmp_path / "in", 3)
+    done = _cli("embed", str(tmp_path / "in"), "--checkpoint", str(broken), "--out", str(tmp_path / "out"),
+                "--num_workers", "0", "--progress", "False")
+    assert done.returncode == 1, done.stderr
+    rows = _index(tmp_path / "out")
+    assert len(rows) == len(paths) and all(r["status"] == "error" and "not finite" in r["error"] for r in rows)
+    assert np.load(tmp_path / "out" / "embeddings.npy").shape == (0, 32)
+
+
+# -- 6. every input is accounted for ---------------------------------------------------------------------------------
+def test_every_input_gets_a_row_and_reruns_do_not_grow_the_state(ckpt, tmp_path):
+    folder = tmp_path / "in"
+    _clips(folder, 2)
+    os.symlink(folder / "gone.flac", folder / "broken.wav")
+    sf.write(folder / "odd.wav", make_tone(0.6, seed=7), 16000)
+    os.rename(folder / "odd.wav", os.path.join(os.fsencode(folder), b"caf\xe9.wav"))  # Latin-1: not valid UTF-8
+    os.mkfifo(folder / "pipe.wav")
+    (folder / "dir.wav").mkdir()
+    out = tmp_path / "out"
+    args = ("embed", str(folder), "--checkpoint", str(ckpt), "--out", str(out), "--num_workers", "0",
+            "--progress", "False")
+    for _ in range(3):
+        done = _cli(*args)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert len(list((out / ".byola_embed").glob("shard_*.npz"))) == 1
+    rows = {Path(r["file"]).name: r for r in _index(out)}
+    assert set(rows) == {"00.wav", "01.wav", "caf\\xe9.wav", "broken.wav", "pipe.wav", "dir.wav"}
+    assert rows["caf\\xe9.wav"]["status"] == "ok" and rows["00.wav"]["status"] == "ok"
+    assert "broken link" in rows["broken.wav"]["error"]
+    assert "not a regular file" in rows["pipe.wav"]["error"]
+    assert "folder" in rows["dir.wav"]["error"]
+    assert "failed: " in done.stderr and "index.csv" in done.stderr
+
+
+def test_scan_corpus_and_embed_list_inputs_alike(tmp_path):
+    from byola.data import scan_corpus
+
+    folder = tmp_path / "in"
+    clips = _clips(folder / "sub", 2)
+    os.symlink(clips[0], folder / "alias.wav")  # another name of the same file: once
+    os.symlink(folder / "gone.wav", folder / "broken.wav")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"in/sub\n{clips[1]}\n")
+    for sources in ([folder], [listing, folder]):
+        assert scan_corpus(sources) == embed_mod.collect_inputs(sources)
+    assert str(folder / "broken.wav") in scan_corpus([folder])
+
+
+# -- 7. normalization statistics are explicit and reproducible ----------------------------------------------------
+def test_statistics_computed_from_inputs_are_recorded_and_reused(bare_ckpt, tmp_path):
+    paths = _clips(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    common = ("--checkpoint", str(bare_ckpt), "--out", str(out), "--num_workers", "0", "--progress", "False")
+    first = _cli("embed", *map(str, paths[:2]), *common)
+    assert first.returncode == 0, first.stderr
+    before = np.load(out / "embeddings.npy")
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, 0.99 * np.sign(make_tone(1.0, freq=90)), 16000)  # would move computed statistics a lot
+    second = _cli("embed", *map(str, paths[:2]), str(loud), *common)
+    assert second.returncode == 0, second.stderr
+    assert "recorded in" in second.stderr
+    after = np.load(out / "embeddings.npy")
+    np.testing.assert_array_equal(after[:2], before)
+    recorded = json.loads((out / ".byola_embed" / "settings.json").read_text())["settings"]["norm_stats"]
+    model = byola.load(bare_ckpt, norm_stats=(recorded["mean"], recorded["std"]))
+    wave, sr = sf.read(loud, dtype="float32")
+    np.testing.assert_allclose(after[2], model.embed(wave, sr).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_convert_stores_statistics_computed_from_a_folder(tmp_path):
+    from tests.test_checkpoint import official_state
+
+    torch.save(official_state(1, 512), tmp_path / "v1.pth")
+    _clips(tmp_path / "in", 3)
+    done = _cli("convert", str(tmp_path / "v1.pth"), str(tmp_path / "v1.safetensors"), "--norm_stats_from",
+                str(tmp_path / "in"))
+    assert done.returncode == 0, done.stderr
+    stats = read_metadata(tmp_path / "v1.safetensors")["norm_stats"]
+    printed = _cli("stats", str(tmp_path / "in"), "--checkpoint", str(tmp_path / "v1.safetensors"))
+    mean, std = map(float, printed.stdout.strip().split(","))
+    assert stats["mean"] == pytest.approx(mean, rel=1e-6) and stats["std"] == pytest.approx(std, rel=1e-6)
+
+
+# -- 8. invalid options ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("option", [("--batch_size", "0"), ("--batch_size", "-4"), ("--num_workers", "-1")])
+def test_invalid_options_give_one_line(ckpt, tmp_path, option):
+    _clips(tmp_path / "in", 1)
+    done = _cli("embed", str(tmp_path / "in"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), *option)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert option[0].lstrip("-") in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+# -- 9. convert never destroys a file; checkpoints follow the umask ---------------------------------------------
+def test_convert_refuses_its_source_and_existing_files(tmp_path):
+    from tests.test_checkpoint import official_state
+
+    src = tmp_path / "v1.pth"
+    torch.save(official_state(1, 512), src)
+    original = src.read_bytes()
+    os.symlink(src, tmp_path / "alias.pth")
+    for dst in (src, tmp_path / "alias.pth"):
+        done = _cli("convert", str(src), str(dst), "--overwrite")
+        assert done.returncode != 0 and "source" in done.stderr and "Traceback" not in done.stderr
+    assert src.read_bytes() == original
+    existing = tmp_path / "other.safetensors"
+    existing.write_bytes(b"keep me")
+    done = _cli("convert", str(src), str(existing))
+    assert done.returncode != 0 and "--overwrite" in done.stderr
+    assert existing.read_bytes() == b"keep me"
+    assert _cli("convert", str(src), str(existing), "--overwrite").returncode == 0
+    assert read_metadata(existing)["encoder"]["name"] == "AudioNTT2020"
+
+
+def test_checkpoints_follow_the_umask(ckpt, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "m.safetensors"
+        encoder, meta = load_checkpoint(ckpt)
+        save_checkpoint(path, encoder, meta["frontend"], None, {"source": "test"})
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+
+
+# -- 12. evaluation cache -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncate", "foreign"])
+def test_damaged_eval_cache_is_reported_and_recomputed(tmp_path, damage):
+    from tests.test_eval_run import BandEmbedder, _dataset, read_audio
+    from byola.evaluation import load_task
+    from byola.evaluation.run import embed_fold
+
+    task = load_task(_dataset(tmp_path / "data"))
+    fold = task.folds()[0]
+    first, _, hit = embed_fold(task, fold, BandEmbedder(), tmp_path / "cache", audio_loader=read_audio,
+                               progress=False)
+    reference = np.array(first)
+    del first
+    (cached,) = (tmp_path / "cache").rglob("*.npy")
+    if damage == "truncate":
+        cached.write_bytes(cached.read_bytes()[:200])
+    else:  # another array of the same shape where the cache was
+        np.save(cached, np.zeros_like(reference))
+    again = BandEmbedder()
+    with pytest.warns(UserWarning, match="not used"):
+        emb, _, hit = embed_fold(task, fold, again, tmp_path / "cache", audio_loader=read_audio, progress=False)
+    assert not hit and again.embedded == len(task)
+    np.testing.assert_array_equal(np.array(emb), reference)
