@@ -59,10 +59,6 @@ class EmbedSummary:
     out: Path
     failures: list[tuple[str, str]]
 
-    @property
-    def skipped(self) -> int:  # the old name of `reused`
-        return self.reused
-
     def describe(self) -> str:
         """The console summary: counts, the first failed files and where the full list is."""
         now = self.ok - self.reused
@@ -108,9 +104,11 @@ def check_options(batch_size: int = 64, num_workers: int | None = None, max_load
         raise EmbedJobError(f"max_load_sec must be a positive number, got {max_load_sec!r}")
 
 
-def job_settings(embedder: Embedder, frames: bool) -> dict:
-    """Everything that changes the numbers of an embed job's output: the embedder's `settings()` and frames."""
-    return {**embedder.settings(), "frames": bool(frames)}
+def job_settings(embedder: Embedder, frames: bool, max_load_sec: float) -> dict:
+    """Everything that changes the numbers of an embed job's output: the embedder's `settings()`, frames on/off,
+    and the length above which files are decoded in blocks (resampled block by block: equal within resampling
+    tolerance, not bit for bit)."""
+    return {**embedder.settings(), "frames": bool(frames), "max_load_sec": float(max_load_sec)}
 
 
 def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
@@ -457,12 +455,19 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
         embedder._normalized_logmel(torch.zeros(1, 1))  # raises the missing-statistics error before any work
     _make_own_dir(out)
     _make_own_dir(out / _STATE_DIR)
+    lock = FolderLock(out / _STATE_DIR, "lock")
     try:
-        with FolderLock(out / _STATE_DIR, "lock"):
-            return _run(embedder, files, out, batch_size, frames, num_workers, max_load_sec, progress, flush_every)
+        lock.acquire()
     except FolderBusy as err:
         raise EmbedJobError(f"{out} is being written by another byola embed run; wait for it to finish or choose "
                             "another --out") from err
+    except OSError as err:
+        raise EmbedJobError(f"cannot lock {lock.path}: {err.strerror} (a link or another file placed there?)") \
+            from err
+    try:
+        return _run(embedder, files, out, batch_size, frames, num_workers, max_load_sec, progress, flush_every)
+    finally:
+        lock.release()
 
 
 def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frames: bool, num_workers: int | None,
@@ -470,7 +475,7 @@ def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frame
     on_cpu = embedder.device.type == "cpu"
     if num_workers is None:
         num_workers = len(os.sched_getaffinity(0)) if on_cpu else 2
-    state = _State(out, job_settings(embedder, frames), getattr(embedder, "norm_stats_source", ""))
+    state = _State(out, job_settings(embedder, frames, max_load_sec), getattr(embedder, "norm_stats_source", ""))
     had_state = bool(state.shards)
     todo = [f for f in files if not state.done(f)]
     reused = len(files) - len(todo)

@@ -133,7 +133,7 @@ class FolderLock:
         self.path = Path(folder) / name
         self._fd: int | None = None
 
-    def __enter__(self) -> "FolderLock":
+    def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -144,12 +144,18 @@ class FolderLock:
                                  "wait for it to finish or choose another output folder") from None
             raise
         self._fd = fd
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # -- input listing -----------------------------------------------------------------------------------------------

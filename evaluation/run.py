@@ -5,8 +5,8 @@ once per clip from ``crop_seed``, test clips from the start); the embedder's nor
 exactly from that fold's (cropped) training clips; all clips are embedded once into a memory-mapped ``.npy``
 cache keyed by (embedder name, task content, unit_sec, crop seed, fold roles), written atomically with its size
 and SHA-256 beside it, and reused on rerun only if it still matches them (a truncated or foreign file is reported
-and recomputed); then the probe runs over the grid and the seeds (see ``probe``), the grid value is chosen on validation,
-and the task score is the mean ± std over seeds of the fold-averaged test score.
+and recomputed); then the probe runs over the grid and the seeds (see ``probe``), the grid value is chosen on
+validation, and the task score is the mean ± std over seeds of the fold-averaged test score.
 """
 from __future__ import annotations
 

@@ -213,6 +213,7 @@ def test_out_dir_from_other_settings_is_refused(ckpt, tone_wav, tmp_path):
 def test_frames_output(ckpt, tone_wav, tmp_path):
     byola.load(ckpt).embed_files([tone_wav], tmp_path / "out", frames=True, num_workers=0, progress=False)
     row = _read_index(tmp_path / "out")[0]
+    assert row["frames"] == f"frames{tone_wav}.npz"  # findable without index.csv: mirrors the input's path
     with np.load(tmp_path / "out" / row["frames"]) as data:
         assert data["embeddings"].shape == (101 // 8, 64) and data["embeddings"].dtype == np.float32
         assert data["timestamps_ms"].shape == (101 // 8,)
