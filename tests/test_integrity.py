@@ -97,7 +97,7 @@ def test_commit_holds_at_every_write_boundary(ckpt, tmp_path, monkeypatch):
     calls["n"] = 0
     model.embed_files(paths, tmp_path / "count", **run)
     boundaries = calls["n"]
-    assert boundaries >= 6
+    assert boundaries >= 2
     for k in range(1, boundaries + 1):
         out = tmp_path / f"fault{k}"
         shutil.copytree(tmp_path / "before", out)
@@ -105,13 +105,19 @@ def test_commit_holds_at_every_write_boundary(ckpt, tmp_path, monkeypatch):
         with pytest.raises(OSError, match="injected"):
             model.embed_files(paths, out, **run)
         calls["fail_at"] = None
-        try:
-            result = embed_mod.read_embeddings(out)
-        except embed_mod.IncompleteOutput:
-            result = None
-        if result is not None:
-            got = (result.embeddings, [{**r, "row": "" if r["row"] is None else str(r["row"])} for r in result.index])
-            assert any(np.array_equal(got[0], e[0]) and got[1] == e[1] for e in expected.values()), f"fault {k}"
+        raw = (np.load(out / "embeddings.npy"), _index(out))
+        if not any(np.array_equal(raw[0], e[0]) and raw[1] == e[1] for e in expected.values()):
+            # A mixed pair on disk must be refused by the reader (its manifest does not vouch for it).
+            with pytest.raises(embed_mod.IncompleteOutput):
+                embed_mod.read_embeddings(out)
+        else:
+            try:
+                result = embed_mod.read_embeddings(out)
+            except embed_mod.IncompleteOutput:
+                result = None
+            if result is not None:  # what the reader accepts is exactly the old or the new output
+                rows = [{**r, "row": "" if r["row"] is None else str(r["row"])} for r in result.index]
+                assert any(np.array_equal(result.embeddings, e[0]) and rows == e[1] for e in expected.values())
         model.embed_files(paths, out, **run)  # rerunning the job completes it
         done = embed_mod.read_embeddings(out)
         np.testing.assert_array_equal(done.embeddings, expected["after"][0])
@@ -127,7 +133,7 @@ from byola.embed import Embedder
 original = Embedder.embed_batch
 def slow(self, waves):
     Path(sys.argv[3]).touch()
-    time.sleep(0.5)
+    time.sleep(2.0)
     return original(self, waves)
 Embedder.embed_batch = slow
 model = byola.load(sys.argv[1])
@@ -174,10 +180,12 @@ def test_placed_links_are_never_written_through(ckpt, tmp_path):
         victim.write_text("precious")
         os.symlink(victim, out / name)
         victims[name] = victim
-    summary = byola.load(ckpt).embed_files(paths, out, num_workers=0, progress=False)
+    try:
+        summary = byola.load(ckpt).embed_files(paths, out, num_workers=0, progress=False)
+    finally:
+        for name, victim in victims.items():
+            assert victim.read_text() == "precious", name
     assert summary.ok == 3
-    for name, victim in victims.items():
-        assert victim.read_text() == "precious", name
 
 
 # -- 4. a setting change never mixes rows ----------------------------------------------------------------------------
