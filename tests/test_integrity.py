@@ -153,11 +153,12 @@ def test_second_writer_is_refused_until_the_first_dies(ckpt, tmp_path):
         while not started.exists():
             assert first.poll() is None and time.time() < deadline, first.stderr.read()
             time.sleep(0.1)
+        assert first.poll() is None
         second = _cli("embed", str(tmp_path / "in" / "00.wav"), "--checkpoint", str(ckpt), "--out", str(out),
                       "--num_workers", "0", "--progress", "False")
-        assert first.poll() is None, "the first run ended before the second was tried: make it slower"
         assert second.returncode != 0 and "another byola embed" in second.stderr, second.stderr
         assert "Traceback" not in second.stderr
+        assert first.poll() is None, "the first run must still be running, undisturbed"
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
