@@ -102,9 +102,7 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
         for seed in seeds:
             torch.manual_seed(seed)
             mcfg = dict(cfg["model"])
-            enc = build_encoder(mcfg.pop("name"), backbone_norm=spec.backbone_norm,
-                                weight_standardization=spec.weight_standardization, norm_groups=spec.norm_groups,
-                                **mcfg)
+            enc = build_encoder(mcfg.pop("name"), **spec.backbone_options(), **mcfg)
             out.append(probe(embed_images(enc, images[idx_tr], frontend), y_tr,
                              embed_images(enc, images[idx_te], frontend), y_te))
         return out
