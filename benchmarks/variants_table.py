@@ -45,7 +45,8 @@ from byola.engine.methods import get_method, method_spec_overrides
 from byola.models import build_encoder
 from byola.evaluation.run import crop_or_pad
 from byola.evaluation.tasks import Task, TaskError, load_task
-from byola.pretrain import pretrain, resolve_config
+from byola.pretrain import pretrain
+from byola.recipe import resolve_config
 from _data import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -51,7 +51,7 @@ def test_config_round_trip_through_a_checkpoint(tmp_path) -> None:
         groups = {m.num_groups for m in enc.modules() if isinstance(m, torch.nn.GroupNorm)}
         assert groups == ({2} if "norm_groups" in params else {4, 8} if params.get("backbone_norm") == "gn" else set())
         path = tmp_path / f"m{len(params)}.safetensors"
-        save_checkpoint(path, enc, {"modality": "image"})
+        save_checkpoint(path, enc, {}, modality="image")
         loaded, meta = load_checkpoint(path)
         assert meta["encoder"] == enc.config()
         assert str(loaded) == str(enc)

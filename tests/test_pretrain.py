@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from byola.checkpoint import load_checkpoint
 from byola.embed import load
 from byola.engine import trainer as trainer_mod
-from byola.pretrain import RECIPES_DIR, RunningNorm, load_recipe, pretrain, resolve_config
+from byola.norm import RunningNorm
+from byola.pretrain import pretrain
+from byola.recipe import RECIPES_DIR, load_recipe, resolve_config
 
 # A few-second run: tiny encoder and heads, 16 mels, batch 4.
 TINY = {"model.conv_channels": 4, "frontend.n_mels": 16, "method.projector_hidden": 32, "method.projector_dim": 16,
