@@ -135,3 +135,22 @@ def test_every_method_encoder_rebuilds_from_its_exported_config() -> None:
         assert [type(m) for m in rebuilt.modules()] == [type(m) for m in enc.modules()], name
         rebuilt.load_state_dict(enc.state_dict(), strict=True)
         torch.testing.assert_close(rebuilt.eval()(x), enc.eval()(x), msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_every_encoder_implements_the_encoder_protocol(name: str) -> None:
+    """forward pools frame_embeddings (audio: max + mean over time; images: mean over positions); config()
+    rebuilds the encoder."""
+    from byola.models import Encoder
+
+    small = {"AudioNTT2020": {"n_mels": 16, "d": 32, "conv_channels": 4},
+             "AudioNTT2022": {"n_mels": 16, "d": 48, "mlp_hidden_d": 16, "conv_channels": 4}}
+    torch.manual_seed(0)
+    enc = build_encoder(name, **small.get(name, {})).eval()
+    assert isinstance(enc, Encoder)
+    x = torch.randn(2, 1, 16, 24) if name in small else torch.randn(2, 3, 32, 32)
+    frames = enc.frame_embeddings(x)
+    assert frames.dim() == 3 and frames.shape[0] == 2 and frames.shape[2] == enc.embed_dim
+    pooled = frames.amax(dim=1) + frames.mean(dim=1) if name in small else frames.mean(dim=1)
+    torch.testing.assert_close(enc(x), pooled)
+    assert type(build_encoder(**{"name": enc.config()["name"], **enc.config()["params"]})) is type(enc)
