@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from byola.audio import AudioError, load_audio, load_audio_if_shorter, stream_audio
+from byola.audio import AudioError, crop_or_pad, load_audio, load_audio_if_shorter, stream_audio
 from byola.frontend import LogMelSpectrogram
 
 CROPS = ("random", "start", "center")
@@ -73,14 +73,9 @@ class _Moments:
             self.add(rows.shape[1], mean, m2)
 
 
-def _crop_or_pad(wave: torch.Tensor, length: int, crop: str, rng_seed: tuple[int, int]) -> torch.Tensor:
-    if wave.numel() < length:  # BYOL-A pads short clips with zeros at the end
-        return torch.nn.functional.pad(wave, (0, length - wave.numel()))
-    slack = wave.numel() - length
+def _crop_start(slack: int, crop: str, rng_seed: tuple[int, int]) -> int:
     start = {"start": 0, "center": slack // 2}.get(crop)
-    if start is None:
-        start = int(np.random.default_rng(rng_seed).integers(0, slack + 1))
-    return wave[start:start + length]
+    return int(np.random.default_rng(rng_seed).integers(0, slack + 1)) if start is None else start
 
 
 def _as_wave(item: Any, sample_rate: int) -> torch.Tensor:
@@ -165,7 +160,9 @@ def compute_norm_stats(
             errors.append(e)
             continue
         if unit is not None:
-            wave = _crop_or_pad(wave, unit, crop, (seed, index))
+            # BYOL-A pads short clips with zeros at the end
+            start = _crop_start(wave.numel() - unit, crop, (seed, index)) if wave.numel() >= unit else 0
+            wave = crop_or_pad(wave, unit, start)
         if batch and (wave.numel() != batch[0].numel() or len(batch) == batch_size):
             flush(batch)
         batch.append(wave)
