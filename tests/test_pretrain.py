@@ -228,3 +228,21 @@ def test_recipe_inheritance_and_complete_resolution(tmp_path: Path) -> None:
     child.write_text("base: byola_v1\ntrain:\n  batch_szie: 8\n")
     with pytest.raises(RecipeError, match=r"unknown key train\.batch_szie"):
         load(child)
+
+
+def test_torchrun_pretraining_reports_each_message_once(corpus: Path, tmp_path: Path) -> None:
+    """Issue 11: under torchrun only rank 0 logs (here: the unreadable-file warning) and prints the final line."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    overrides = [f"--{k}={v}" for k, v in {**TINY_V2, "train.steps": 2, "train.device": "cpu"}.items()]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "byola", "pretrain", str(corpus), "--out", str(tmp_path / "run"), *overrides],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("model written to") == 1
+    assert done.stderr.count("skipping 1 unreadable audio file") == 1
