@@ -114,9 +114,10 @@ def _describe(hint: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (tuple, list):
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis or origin is list:
-            return f"a list of {_describe(args[0])} values"
-        return f"a list of {len(args)} {_describe(args[0])} values"
+        plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}.get(args[0], "values")
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            return f"a list of {plural}"
+        return f"a list of {len(args)} {plural}"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null",
             dict: "a mapping"}.get(hint, getattr(hint, "__name__", str(hint)))
 
@@ -320,7 +321,10 @@ class Recipe:
         """Cross-section checks, before any data or model work: the modality's own (e.g. ``model.n_mels`` vs
         ``frontend.n_mels``), the method and encoder built on the meta device (nothing allocated), the optimizer
         built on one parameter. Raises :class:`RecipeError`."""
-        self.modality_entry.check(self.inputs, self.model.params)
+        try:
+            self.modality_entry.check(self.inputs, self.model.params)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
         try:
             self.method_spec()
         except ValueError as err:
