@@ -27,12 +27,12 @@ from torch import nn
 
 from byola.engine.methods import MethodSpec, build_method, get_method, method_spec_overrides
 from byola.engine.optim import LARS
-from byola.engine.trainer import Trainer
+from byola.engine.trainer import AMP_MODES, LR_SCHEDULES, Trainer
 from byola.modalities import MODALITIES, Modality
 from byola.models import build_encoder
 
-__all__ = ["RecipeError", "Recipe", "TrainSection", "NamedSection", "RECIPES_DIR", "OPTIMIZERS", "load_recipe",
-           "resolve_config", "load", "resume_changes", "check_corpus_size", "RESUMABLE"]
+__all__ = ["RecipeError", "Recipe", "TrainSection", "NamedSection", "RECIPES_DIR", "OPTIMIZERS", "RESUMABLE",
+           "load_recipe", "resolve_config", "load", "parse_section", "resume_changes", "check_corpus_size"]
 
 RECIPES_DIR = Path(str(importlib.resources.files("byola.recipes")))  # the repository's recipes/ folder
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -54,11 +54,6 @@ class _UnknownKey(RecipeError, KeyError):
     __str__ = ValueError.__str__
 
 
-def at_least(low: float) -> dict[str, float]:
-    """Field metadata: the value (when not None) must be >= ``low``."""
-    return {"min": low}
-
-
 # ------------------------------------------------------------------------------------------------------ sections
 def _trainer_default(name: str) -> Any:
     return inspect.signature(Trainer).parameters[name].default
@@ -69,18 +64,18 @@ class TrainSection:
     """The training loop (:class:`byola.engine.trainer.Trainer`; its defaults) and the process's device settings.
     ``steps``, when set, overrides ``epochs``."""
 
-    batch_size: int = field(metadata=at_least(1))
-    epochs: int | None = field(default=None, metadata=at_least(1))
-    steps: int | None = field(default=None, metadata=at_least(1))
-    lr_schedule: Literal["constant", "cosine"] = _trainer_default("lr_schedule")
-    warmup_steps: int = field(default=_trainer_default("warmup_steps"), metadata=at_least(0))
-    min_lr_ratio: float = field(default=_trainer_default("min_lr_ratio"), metadata=at_least(0))
-    accum_steps: int = field(default=_trainer_default("accum_steps"), metadata=at_least(1))
-    amp: Literal["auto", "bf16", "fp16", "off"] = _trainer_default("amp")
-    grad_clip: float | None = field(default=_trainer_default("grad_clip"), metadata=at_least(0))
-    checkpoint_every: int = field(default=_trainer_default("checkpoint_every"), metadata=at_least(1))
-    keep_checkpoints: int = field(default=_trainer_default("keep_checkpoints"), metadata=at_least(1))
-    prefetch_factor: int | None = field(default=_trainer_default("prefetch_factor"), metadata=at_least(1))
+    batch_size: int = field(metadata={"min": 1})
+    epochs: int | None = field(default=None, metadata={"min": 1})
+    steps: int | None = field(default=None, metadata={"min": 1})
+    lr_schedule: Literal[LR_SCHEDULES] = _trainer_default("lr_schedule")
+    warmup_steps: int = field(default=_trainer_default("warmup_steps"), metadata={"min": 0})
+    min_lr_ratio: float = field(default=_trainer_default("min_lr_ratio"), metadata={"min": 0})
+    accum_steps: int = field(default=_trainer_default("accum_steps"), metadata={"min": 1})
+    amp: Literal[AMP_MODES] = _trainer_default("amp")
+    grad_clip: float | None = field(default=_trainer_default("grad_clip"), metadata={"min": 0})
+    checkpoint_every: int = field(default=_trainer_default("checkpoint_every"), metadata={"min": 1})
+    keep_checkpoints: int = field(default=_trainer_default("keep_checkpoints"), metadata={"min": 1})
+    prefetch_factor: int | None = field(default=_trainer_default("prefetch_factor"), metadata={"min": 1})
     channels_last: bool = False
     compile: bool = False
     cudnn_benchmark: bool = True
@@ -204,8 +199,9 @@ def _parse(text: str) -> Any:
 
 
 def parse_section(cls: type, data: Any, path: str) -> Any:
-    """An instance of the dataclass ``cls`` from the mapping ``data``: unknown keys, missing required keys, wrong
-    types and values below a field's ``min`` raise :class:`RecipeError` naming ``path.key``."""
+    """An instance of the dataclass ``cls`` (a recipe section) from the mapping ``data``: unknown keys, missing
+    required keys, wrong types (the field annotations) and values below a field's ``metadata["min"]`` raise
+    :class:`RecipeError` naming ``path.key``; ``ValueError`` from the section's ``__post_init__`` is wrapped too."""
     if not isinstance(data, dict):
         raise RecipeError(f"{path} must be a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -42,9 +42,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-__all__ = ["Trainer", "WarmupCosine", "DistInfo", "dist_info", "init_distributed", "default_device", "atomic_save",
+__all__ = ["Trainer", "LR_SCHEDULES", "AMP_MODES", "WarmupCosine", "DistInfo", "dist_info", "init_distributed", "default_device", "atomic_save",
            "latest_checkpoint"]
 
+LR_SCHEDULES = ("cosine", "constant")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 STATE_FORMAT = "byola-train-state"
 STATE_VERSION = 1
 _STATE_RE = re.compile(r"^state-(\d+)\.pt$")
@@ -312,10 +314,10 @@ class Trainer:
                  find_unused_parameters: bool = False) -> None:
         if (epochs is None) == (steps is None):
             raise ValueError("give exactly one of epochs= or steps=")
-        if lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
-        if amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
         for name, value in (("batch_size", batch_size), ("accum_steps", accum_steps),
                             ("checkpoint_every", checkpoint_every), ("keep_checkpoints", keep_checkpoints)):
             if int(value) < 1:
