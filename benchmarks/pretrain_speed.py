@@ -39,7 +39,7 @@ from byola.engine.trainer import Trainer
 from byola.frontend import LogMelSpectrogram
 from byola.models import build_encoder
 from byola.norm import PreNormalization
-from byola.pretrain import AudioBatchViews
+from byola.modalities.audio import AudioBatchViews
 from byola.runtime import keep_freed_memory
 from _data import SHARED_DATA  # benchmarks/ is on sys.path when a script runs
 

@@ -45,7 +45,8 @@ from byola.engine.methods import get_method, method_spec_overrides
 from byola.models import build_encoder
 from byola.evaluation.run import crop_or_pad
 from byola.evaluation.tasks import Task, TaskError, load_task
-from byola.pretrain import pretrain, resolve_config
+from byola.pretrain import pretrain
+from byola.recipe import resolve_config
 from _data import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,9 +103,7 @@ def image_table(args: argparse.Namespace, work: Path) -> None:
         for seed in seeds:
             torch.manual_seed(seed)
             mcfg = dict(cfg["model"])
-            enc = build_encoder(mcfg.pop("name"), backbone_norm=spec.backbone_norm,
-                                weight_standardization=spec.weight_standardization, norm_groups=spec.norm_groups,
-                                **mcfg)
+            enc = build_encoder(mcfg.pop("name"), **spec.backbone_options(), **mcfg)
             out.append(probe(embed_images(enc, images[idx_tr], frontend), y_tr,
                              embed_images(enc, images[idx_te], frontend), y_te))
         return out

@@ -226,3 +226,24 @@ def stream_audio(path: PathLike, sample_rate: int = 16000, block_seconds: float 
                 prev_tail = cur[-context:]
             cur = nxt
         _check_length(path, f, total)
+
+
+def crop_or_pad(wave: torch.Tensor | np.ndarray, length: int, start: int = 0, pad_before: int = 0
+                ) -> torch.Tensor | np.ndarray:
+    """Exactly ``length`` samples (last axis) of ``wave``, a tensor or a numpy array (memory-mapped ones are read
+    only where cropped): when longer, the window from ``start`` (a view); when shorter, a new zero-filled array with
+    the wave placed after ``pad_before`` zeros. The one crop/pad of byola; callers choose ``start`` and
+    ``pad_before`` (their randomness stays theirs)."""
+    n = wave.shape[-1]
+    if n >= length:
+        if not 0 <= start <= n - length:
+            raise ValueError(f"crop start {start} outside [0, {n - length}] for {n} samples -> {length}")
+        return wave[..., start:start + length]
+    if not 0 <= pad_before <= length - n:
+        raise ValueError(f"pad_before {pad_before} outside [0, {length - n}] for {n} samples -> {length}")
+    if isinstance(wave, np.ndarray):
+        out = np.zeros((*wave.shape[:-1], length), dtype=wave.dtype)
+    else:
+        out = wave.new_zeros((*wave.shape[:-1], length))
+    out[..., pad_before:pad_before + n] = wave
+    return out

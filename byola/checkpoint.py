@@ -3,11 +3,16 @@
 A checkpoint is one ``.safetensors`` file: its tensors are the encoder's state dict and its header metadata holds,
 under the key ``"byola"``, a JSON document::
 
-    {"format_version": 1,
+    {"format_version": 2,
+     "modality": "audio" | "image",                             # what the encoder takes
      "encoder": {"name": "AudioNTT2020", "params": {...}},      # build_encoder(name, **params)
-     "frontend": {...},                                         # LogMelSpectrogram(**frontend)
+     "frontend": {...},                                         # the modality's input settings: audio
+                                                                # LogMelSpectrogram(**frontend); image {size, mean, std}
      "norm_stats": {"mean": float, "std": float} | null,        # pre-normalization of the log-mel
      "provenance": {"source": ..., "created": ..., "byola_version": ..., ...}}
+
+Format 1 (no ``modality``; image checkpoints kept ``"modality": "image"`` inside ``frontend``) is read unchanged: the
+reader moves that entry to the top level, so every loaded metadata has the format-2 layout.
 
 Loading never unpickles anything (safetensors only), so an untrusted checkpoint cannot execute code. Official
 ``.pth`` files are read with ``torch.load(weights_only=True)``, which restricts unpickling to tensors and containers.
@@ -32,7 +37,7 @@ from byola.files import atomic_write_with, file_sha256
 from byola.frontend import LogMelSpectrogram
 from byola.models import ENCODERS, build_encoder
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_KEY = "byola"
 
 # Frontend each official release was trained with (BYOL-A v1: librosa-style log-mel; v2: nnAudio).
@@ -69,22 +74,25 @@ def _norm_stats_dict(norm_stats: Any) -> dict | None:
 
 
 def save_checkpoint(path: str | os.PathLike, encoder: nn.Module, frontend_config: Mapping, norm_stats: Any = None,
-                    provenance: Mapping | None = None) -> None:
+                    provenance: Mapping | None = None, modality: str = "audio") -> None:
     """Write ``encoder`` (which must have ``config()``) and its metadata to one safetensors file, atomically
     (`byola.files.atomic_write_with`: with the permissions the user's umask gives new files).
+    ``frontend_config`` is the ``modality``'s input configuration.
 
     ``provenance`` gets ``created`` (UTC, ISO 8601) and ``byola_version`` unless it already has them.
     """
     path = Path(path)
     if not hasattr(encoder, "config"):
         raise TypeError(f"{type(encoder).__name__} has no config(); only registered encoders can be saved")
+    if "modality" in frontend_config:
+        raise ValueError("the modality is save_checkpoint's modality argument, not a frontend_config entry")
     enc_cfg = encoder.config()
     if enc_cfg.get("name") not in ENCODERS:
         raise ValueError(f"encoder {enc_cfg.get('name')!r} is not registered in byola.models.ENCODERS")
     prov = {"source": "byola"} | dict(provenance or {})
     prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     prov.setdefault("byola_version", __version__)
-    meta = {"format_version": FORMAT_VERSION, "encoder": enc_cfg, "frontend": dict(frontend_config),
+    meta = {"format_version": FORMAT_VERSION, "modality": modality, "encoder": enc_cfg, "frontend": dict(frontend_config),
             "norm_stats": _norm_stats_dict(norm_stats), "provenance": prov}
     header = json.dumps(meta, allow_nan=False)  # fails early on values JSON cannot carry
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
@@ -116,6 +124,9 @@ def _read(path: str | os.PathLike, tensors: bool) -> tuple[dict, dict[str, torch
     except json.JSONDecodeError as e:
         raise CheckpointError(path, f"byola metadata is not valid JSON: {e}") from None
     _validate(path, meta)
+    if meta["format_version"] < 2:  # format 1: the modality sat inside "frontend" (images only)
+        meta["frontend"] = dict(meta["frontend"])
+        meta["modality"] = meta["frontend"].pop("modality", "audio")
     return meta, state
 
 
@@ -131,6 +142,8 @@ def _validate(path: Path, meta: Any) -> None:
     if version > FORMAT_VERSION:
         raise CheckpointError(path, f"format_version {version} is newer than this byola ({__version__}) reads "
                                     f"(up to {FORMAT_VERSION}); upgrade byola")
+    if version >= 2 and not isinstance(meta.get("modality"), str):
+        raise CheckpointError(path, f"format_version {version} needs a modality string, got {meta.get('modality')!r}")
     enc = meta["encoder"]
     if not isinstance(enc, dict) or not isinstance(enc.get("params"), dict) or "name" not in enc:
         raise CheckpointError(path, f"encoder metadata must be {{name, params}}, got {enc!r}")

@@ -101,15 +101,21 @@ class Commands:
                 (one subfolder per class, or unlabeled) or the CIFAR-10/STL-10 root.
             recipe: a recipe name in recipes/ (byola_v1, byola_v2, tribyola, byol_cifar10, ...) or a YAML file.
             out: the run folder.
-            resume: continue an interrupted run from its newest checkpoint.
+            resume: continue a run from its newest checkpoint; with a larger --train.steps, extend a finished one.
             overrides: recipe values, e.g. --optim.lr=1e-4 --train.batch_size=64 --model.d=512.
         """
+        from .engine.trainer import dist_info
         from .pretrain import pretrain
+        from .recipe import RecipeError
 
         if not data:
             raise SystemExit("byola pretrain: give at least one data folder, file or list")
-        model = pretrain(list(data), recipe, out, resume=resume, **overrides)
-        print(f"model written to {model}", file=sys.stderr)
+        try:
+            model = pretrain(list(data), recipe, out, resume=resume, **overrides)
+        except RecipeError as err:
+            raise SystemExit(f"byola pretrain: {err}") from None
+        if dist_info().is_main:
+            print(f"model written to {model}", file=sys.stderr)
 
     def evaluate(self, *tasks: str, checkpoint: str | None = None, out: str = "byola_eval", baselines: bool = False,
                  probe: str = "linear", seeds: int = 3, data_root: str | None = None, unit_sec: float | None = None,

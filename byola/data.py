@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from byola.audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio
+from byola.audio import AUDIO_EXTENSIONS, AudioError, audio_duration, crop_or_pad, load_audio
 from byola.files import list_inputs
 
 __all__ = ["scan_corpus", "probe_files", "RandomCropDataset"]
@@ -145,15 +145,13 @@ class RandomCropDataset(Dataset):
 
     def _crop(self, wave: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         n, unit = len(wave), self.unit_samples
-        out = np.zeros(unit, dtype=np.float32)
         if n >= unit:
-            start = int(rng.integers(0, n - unit + 1))
-            out[:] = wave[start:start + unit]
+            cut = crop_or_pad(wave, unit, start=int(rng.integers(0, n - unit + 1)))
         else:
             gap = unit - n
             before = {"center": gap // 2, "end": 0, "random": int(rng.integers(0, gap + 1))}[self.pad]
-            out[before:before + n] = wave
-        return torch.from_numpy(out)
+            cut = crop_or_pad(wave, unit, pad_before=before)
+        return torch.from_numpy(np.array(cut, dtype=np.float32))  # a copy: reads only the crop of a memory map
 
     def __getitem__(self, index: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, self.epoch, index])

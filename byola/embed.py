@@ -214,8 +214,8 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         torch.manual_seed(random_init)
         encoder = build_encoder(meta["encoder"]["name"], **meta["encoder"]["params"]).eval()
     frontend_config = dict(meta["frontend"])
-    if frontend_config.get("modality", "audio") != "audio":
-        raise ValueError(f"{path} is a {frontend_config['modality']} model: byola embed takes audio models")
+    if meta["modality"] != "audio":
+        raise ValueError(f"{path} is a {meta['modality']} model: byola embed takes audio models")
     if frontend_backend is not None:
         frontend_config["backend"] = frontend_backend
     frontend = LogMelSpectrogram(**frontend_config)

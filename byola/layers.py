@@ -127,11 +127,18 @@ def convert_backbone(encoder: nn.Module, backbone_norm: str | None = None, weigh
     its BatchNorm layers (:func:`replace_batchnorm`, at most ``norm_groups`` GroupNorm groups), and
     ``weight_standardization`` its Conv2d layers (:func:`standardize_convs`). An encoder with an ``hparams`` dict
     (every registered encoder) gets these settings added, so that its ``config()`` (and a checkpoint) rebuilds the
-    converted architecture. ``None``/``"bn"`` and no standardization leave it unchanged. Returns ``encoder``."""
+    converted architecture. ``None``/``"bn"`` and no standardization leave it unchanged. An encoder whose
+    ``hparams`` already record a conversion raises ``ValueError`` (a second conversion would make the network and
+    its record disagree). Returns ``encoder``."""
     if backbone_norm is not None:
         check_norm(backbone_norm)
     if backbone_norm in (None, "bn") and not weight_standardization:
         return encoder
+    recorded = getattr(encoder, "hparams", None)
+    if isinstance(recorded, dict) and (recorded.get("backbone_norm") or recorded.get("weight_standardization")):
+        raise ValueError(f"{type(encoder).__name__} is already converted (backbone_norm="
+                         f"{recorded.get('backbone_norm')!r}, weight_standardization="
+                         f"{bool(recorded.get('weight_standardization'))}): build a new encoder instead")
     if backbone_norm not in (None, "bn"):
         replace_batchnorm(encoder, backbone_norm, norm_groups)
     if weight_standardization:

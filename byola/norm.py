@@ -1,4 +1,5 @@
-"""Log-mel normalization: exact dataset statistics (pre-norm) and per-batch standardization (post-norm)."""
+"""Log-mel normalization: exact dataset statistics and running statistics (pre-norm), per-batch standardization
+(post-norm), and the one streaming-moments merge they share (:func:`merge_moments`)."""
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from byola.audio import AudioError, load_audio, load_audio_if_shorter, stream_audio
+from byola.audio import AudioError, crop_or_pad, load_audio, load_audio_if_shorter, stream_audio
 from byola.frontend import LogMelSpectrogram
 
 CROPS = ("random", "start", "center")
@@ -21,7 +22,9 @@ CROPS = ("random", "start", "center")
 
 @dataclass(frozen=True)
 class NormStats:
-    """Scalar mean and standard deviation (population, ddof=0) of log-mel values; ``count`` = values used."""
+    """Scalar mean and standard deviation of log-mel values (what pre-normalization subtracts and divides by:
+    :func:`compute_norm_stats` gives the population std, ddof 0; :class:`RunningNorm` the sample std, ddof 1, that it
+    trained with; the two differ by a factor ``sqrt(count / (count - 1))``); ``count`` = values used."""
 
     mean: float
     std: float
@@ -36,8 +39,18 @@ class NormStats:
         return cls(mean=float(d["mean"]), std=float(d["std"]), count=int(d.get("count", 0)))
 
 
+def merge_moments(a: tuple[Any, Any, Any], b: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+    """Chan et al.'s pairwise merge of two ``(count, mean, m2)`` triples (``m2``: sum of squared deviations from the
+    mean), exact up to rounding; python floats or (float64) tensors. The one merge of byola's streaming statistics:
+    the variance is ``m2 / (count - ddof)``, with the ``ddof`` its user states."""
+    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
+    total = n_a + n_b
+    delta = mean_b - mean_a
+    return total, mean_a + delta * n_b / total, m2_a + (m2_b + delta * delta * n_a * n_b / total)
+
+
 class _Moments:
-    """Count, mean and sum of squared deviations in float64, merged with Chan et al.'s pairwise update.
+    """Count, mean and sum of squared deviations in float64, merged with :func:`merge_moments`.
 
     Each clip's moments are computed on its own and merged in input order, so the result depends neither on how
     clips are grouped into batches nor on a running-mean approximation.
@@ -49,11 +62,7 @@ class _Moments:
     def add(self, n: int, mean: float, m2: float) -> None:
         if n == 0:
             return
-        total = self.n + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.n * n / total
-        self.n = total
+        self.n, self.mean, self.m2 = merge_moments((self.n, self.mean, self.m2), (n, mean, m2))
 
     def add_rows(self, values: torch.Tensor) -> None:
         """Merge each row of ``values`` ``[N, ...]`` (one clip or chunk per row) in order."""
@@ -64,14 +73,9 @@ class _Moments:
             self.add(rows.shape[1], mean, m2)
 
 
-def _crop_or_pad(wave: torch.Tensor, length: int, crop: str, rng_seed: tuple[int, int]) -> torch.Tensor:
-    if wave.numel() < length:  # BYOL-A pads short clips with zeros at the end
-        return torch.nn.functional.pad(wave, (0, length - wave.numel()))
-    slack = wave.numel() - length
+def _crop_start(slack: int, crop: str, rng_seed: tuple[int, int]) -> int:
     start = {"start": 0, "center": slack // 2}.get(crop)
-    if start is None:
-        start = int(np.random.default_rng(rng_seed).integers(0, slack + 1))
-    return wave[start:start + length]
+    return int(np.random.default_rng(rng_seed).integers(0, slack + 1)) if start is None else start
 
 
 def _as_wave(item: Any, sample_rate: int) -> torch.Tensor:
@@ -156,7 +160,9 @@ def compute_norm_stats(
             errors.append(e)
             continue
         if unit is not None:
-            wave = _crop_or_pad(wave, unit, crop, (seed, index))
+            # BYOL-A pads short clips with zeros at the end
+            start = _crop_start(wave.numel() - unit, crop, (seed, index)) if wave.numel() >= unit else 0
+            wave = crop_or_pad(wave, unit, start)
         if batch and (wave.numel() != batch[0].numel() or len(batch) == batch_size):
             flush(batch)
         batch.append(wave)
@@ -219,3 +225,45 @@ class PostNormalization(nn.Module):
         mean = x.mean(dim=dims, keepdim=True)
         std = x.std(dim=dims, keepdim=True).clamp(min=self.eps)
         return (x - mean) / std
+
+
+class RunningNorm(nn.Module):
+    """Pre-normalization with running statistics (BYOL-A v1's option): while fewer than ``max_samples`` samples
+    have been seen in training mode, each batch's moments are merged (exactly, float64, :func:`merge_moments`) into
+    the running mean/variance, and the batch is normalized with the statistics so far (its own included). After that
+    the statistics are frozen. The std is the sample std (ddof 1, as ``torch.std`` in BYOL-A v1), and :meth:`stats`
+    exports that same value, so a model is embedded with the normalization it was trained with. ``count``, ``mean``
+    and ``m2`` are buffers (checkpointed). Under DDP each process accumulates its own data's statistics (rank 0's
+    are exported)."""
+
+    def __init__(self, max_samples: int) -> None:
+        super().__init__()
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+        self.max_samples = int(max_samples)
+        self.register_buffer("samples", torch.zeros((), dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("m2", torch.zeros((), dtype=torch.float64))
+        self._samples = 0  # host mirror of `samples`: no device sync in the hot path
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._samples = int(self.samples)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self._samples < self.max_samples:
+            xd = x.detach().double()
+            mean_b = xd.mean()
+            batch = (float(xd.numel()), mean_b, ((xd - mean_b) ** 2).sum())
+            self.count, self.mean, self.m2 = merge_moments((self.count, self.mean, self.m2), batch)
+            self._samples += x.shape[0]
+            self.samples.fill_(self._samples)
+        std = (self.m2 / (self.count - 1).clamp(min=1)).sqrt().clamp(min=torch.finfo(torch.float32).eps)
+        return (x - self.mean.to(x.dtype)) / std.to(x.dtype)
+
+    def stats(self) -> NormStats:
+        count = float(self.count)
+        if count < 2:
+            raise ValueError("RunningNorm has seen no data yet")
+        return NormStats(mean=float(self.mean), std=math.sqrt(float(self.m2) / (count - 1)), count=int(count))

@@ -44,11 +44,11 @@ def default_audio_loader(path: Path, sample_rate: int) -> torch.Tensor:
 def crop_or_pad(wave: torch.Tensor, length: int, offset_fraction: float | None) -> torch.Tensor:
     """``length`` samples of a 1-D wave: from the start (``offset_fraction`` None) or at offset
     ``floor(offset_fraction * (len - length + 1))``; shorter waves are zero-padded at the end."""
+    from byola.audio import crop_or_pad as shared_crop_or_pad
+
     excess = wave.shape[-1] - length
-    if excess < 0:
-        return torch.nn.functional.pad(wave, (0, -excess))
-    start = 0 if offset_fraction is None else int(offset_fraction * (excess + 1))
-    return wave[start:start + length]
+    start = 0 if offset_fraction is None or excess < 0 else int(offset_fraction * (excess + 1))
+    return shared_crop_or_pad(wave, length, start)
 
 
 class ClipDataset(Dataset):

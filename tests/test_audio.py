@@ -237,3 +237,24 @@ def test_streamed_wav_with_unknown_size_loads(tmp_path):
     data[4:8] = data[at + 4:at + 8] = struct.pack("<I", 0xFFFFFFFF)
     path.write_bytes(bytes(data))
     assert np.abs(load_audio(path).numpy() - x).max() <= 1 / 2**15
+
+
+def test_crop_or_pad_is_one_mechanism_for_tensors_and_arrays(tmp_path) -> None:
+    from byola.audio import crop_or_pad
+
+    wave = torch.arange(10.0)
+    assert crop_or_pad(wave, 4, start=6).tolist() == [6, 7, 8, 9]
+    assert crop_or_pad(wave[:3], 5).tolist() == [0, 1, 2, 0, 0]
+    assert crop_or_pad(wave[:3], 5, pad_before=1).tolist() == [0, 0, 1, 2, 0]
+    assert crop_or_pad(torch.ones(2, 3), 4, pad_before=1).tolist() == [[0, 1, 1, 1], [0, 1, 1, 1]]
+    np.save(tmp_path / "w.npy", np.arange(10, dtype=np.float16))
+    mapped = np.load(tmp_path / "w.npy", mmap_mode="r")
+    cut = crop_or_pad(mapped, 3, start=2)
+    assert isinstance(cut, np.ndarray) and cut.dtype == np.float16 and cut.tolist() == [2, 3, 4]
+    padded = crop_or_pad(mapped[:2], 4, pad_before=2)
+    assert padded.dtype == np.float16 and padded.tolist() == [0, 0, 0, 1]
+    for kwargs in ({"start": 7}, {"start": -1}):
+        with pytest.raises(ValueError, match="crop start"):
+            crop_or_pad(wave, 4, **kwargs)
+    with pytest.raises(ValueError, match="pad_before"):
+        crop_or_pad(wave[:3], 5, pad_before=3)

@@ -9,7 +9,7 @@ from torch import nn
 
 from byola.engine import METHODS, MLP, build_method
 from byola.engine.heads import affine_norms, calibrate_norms
-from byola.layers import WSLinear, replace_batchnorm, standardize_convs
+from byola.layers import WSLinear, convert_backbone, replace_batchnorm, standardize_convs
 from byola.engine.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,7 +96,8 @@ def test_wslinear_ignores_the_per_sample_mean_and_keeps_linear_keys() -> None:
 
 def byol_bnfree(**overrides) -> nn.Module:
     torch.manual_seed(0)
-    return build_method("byol_bnfree", conv_encoder(), 16, **{**SMALL, **overrides})
+    encoder = convert_backbone(conv_encoder(), **METHODS["byol_bnfree"].backbone_options())
+    return build_method("byol_bnfree", encoder, 16, **{**SMALL, **overrides})
 
 
 def test_data_init_runs_on_the_first_training_forward_only_and_copies_into_the_target() -> None:
@@ -140,7 +141,8 @@ def test_parameter_groups_cover_every_trainable_parameter_once() -> None:
     assert len(ids) == len(set(ids)) == len([p for p in m.parameters() if p.requires_grad])
     assert groups[1]["lr_scale"] == 10.0 and {id(p) for p in groups[1]["params"]} == {
         id(p) for p in m.predictor.parameters()}
-    closed = build_method("byol_bnfree_directpred", conv_encoder(), 16, **SMALL)
+    encoder = convert_backbone(conv_encoder(), **METHODS["byol_bnfree_directpred"].backbone_options())
+    closed = build_method("byol_bnfree_directpred", encoder, 16, **SMALL)
     assert len(closed.parameter_groups()) == 1  # a closed-form predictor has no parameters
 
 

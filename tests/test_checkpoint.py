@@ -259,3 +259,26 @@ def test_save_rejects_bad_inputs(tmp_path):
     with pytest.raises(ValueError):
         save_checkpoint(tmp_path / "a.safetensors", AudioNTT2020(d=64), FRONTEND | {"eps": float("nan")})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_format_1_files_read_as_format_2(tmp_path: Path) -> None:
+    """Format 2 has a top-level modality; format 1 files (images kept it inside frontend) load unchanged."""
+    from byola.checkpoint import load_checkpoint, save_checkpoint
+    from byola.models import build_encoder
+
+    assert FORMAT_VERSION == 2
+    for encoder, frontend, modality in ((AudioNTT2020(n_mels=32, d=64), FRONTEND | {"n_mels": 32}, "audio"),
+                                        (build_encoder("small_cnn", channels=[4, 8]), {"size": [8, 8]}, "image")):
+        v1 = {"format_version": 1, "encoder": encoder.config(), "norm_stats": None, "provenance": {},
+              "frontend": frontend | ({"modality": "image"} if modality == "image" else {})}
+        old = tmp_path / f"v1-{modality}.safetensors"
+        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, old,
+                  metadata={"byola": json.dumps(v1)})
+        _, meta = load_checkpoint(old)
+        assert (meta["modality"], meta["frontend"]) == (modality, frontend)
+        new = tmp_path / f"v2-{modality}.safetensors"
+        save_checkpoint(new, encoder, frontend, None, {}, modality=modality)
+        _, meta2 = load_checkpoint(new)
+        assert (meta2["format_version"], meta2["modality"], meta2["frontend"]) == (2, modality, frontend)
+    with pytest.raises(ValueError, match="modality argument"):
+        save_checkpoint(tmp_path / "x.safetensors", encoder, {"modality": "image"})

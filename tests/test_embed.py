@@ -268,7 +268,7 @@ def test_image_checkpoint_is_refused_clearly(tmp_path):
     from byola.checkpoint import save_checkpoint as save
 
     path = tmp_path / "img.safetensors"
-    save(path, build_encoder("small_cnn"), {"modality": "image", "size": [16, 16], "mean": [0.5], "std": [0.5]},
-         None, {"source": "test"})
+    save(path, build_encoder("small_cnn"), {"size": [16, 16], "mean": [0.5], "std": [0.5]}, None, {"source": "test"},
+         modality="image")
     with pytest.raises(ValueError, match="image model"):
         byola.load(path)

@@ -15,7 +15,7 @@ from byola.engine import (
     BYOL, METHODS, MLP, LossTerm, build_method, byol_loss, cross_cosine_loss, cross_sigmoid_loss, get_method,
     make_norm, tau_at,
 )
-from byola.layers import WSConv2d, group_count, has_batchnorm, replace_batchnorm, standardize_convs
+from byola.layers import WSConv2d, convert_backbone, group_count, has_batchnorm, replace_batchnorm, standardize_convs
 from byola.engine.losses import cross_similarity
 
 IN, EMB = 8, 12
@@ -330,7 +330,7 @@ def test_closed_form_predictor_state_is_checkpointed():
 def test_every_method_builds_and_trains_a_step(name):
     spec = METHODS[name]
     torch.manual_seed(0)
-    enc = conv_encoder()
+    enc = convert_backbone(conv_encoder(), **spec.backbone_options())  # build_method never converts
     m = build_method(name, enc, EMB, **SMALL)
     x = torch.randn(6, 1, 5, 5)
     vs = [x + 0.1 * torch.randn_like(x) for _ in range(spec.n_views)]

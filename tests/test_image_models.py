@@ -51,7 +51,7 @@ def test_config_round_trip_through_a_checkpoint(tmp_path) -> None:
         groups = {m.num_groups for m in enc.modules() if isinstance(m, torch.nn.GroupNorm)}
         assert groups == ({2} if "norm_groups" in params else {4, 8} if params.get("backbone_norm") == "gn" else set())
         path = tmp_path / f"m{len(params)}.safetensors"
-        save_checkpoint(path, enc, {"modality": "image"})
+        save_checkpoint(path, enc, {}, modality="image")
         loaded, meta = load_checkpoint(path)
         assert meta["encoder"] == enc.config()
         assert str(loaded) == str(enc)
@@ -90,15 +90,67 @@ def test_lars_clip_caps_the_local_rate() -> None:
 
 
 def test_build_method_records_the_bnfree_conversion() -> None:
-    """An encoder handed to build_method directly (not through build_encoder) is converted and its config says so,
-    so its checkpoint rebuilds the BN-free architecture."""
-    from byola.engine import build_method
+    """An encoder built with the method's backbone options (build_encoder converts, build_method only checks) has a
+    config that says so, so its checkpoint rebuilds the BN-free architecture."""
+    from byola.engine import build_method, get_method
 
     torch.manual_seed(0)
-    enc = build_encoder("small_cnn", channels=[8, 16])
+    enc = build_encoder("small_cnn", channels=[8, 16], **get_method("byol_bnfree", norm_groups=2).backbone_options())
     build_method("byol_bnfree", enc, enc.embed_dim, projector_hidden=16, projector_dim=8, predictor_hidden=16,
                  norm_groups=2)
     params = enc.config()["params"]
     assert (params["backbone_norm"], params["weight_standardization"], params["norm_groups"]) == ("gn", True, 2)
     rebuilt = build_encoder("small_cnn", **params)
     assert str(rebuilt) == str(enc) and not has_batchnorm(rebuilt)
+
+
+def test_build_method_never_modifies_the_encoder_it_is_given() -> None:
+    """Issue 12 item 3: an encoder built for another norm ('ln') handed to a 'gn' method used to be converted a
+    second time (plain convolutions became WS) and its config rewritten to 'gn' while the network held
+    GroupNorm(1, C): a checkpoint then rebuilt a different network. build_method now refuses, naming the setting,
+    and leaves the encoder as it was."""
+    from byola.engine import build_method
+
+    enc = build_encoder("small_cnn", channels=[8, 16], backbone_norm="ln")
+    types, config = [type(m) for m in enc.modules()], enc.config()
+    with pytest.raises(ValueError, match="backbone_norm"):
+        build_method("byol_bnfree", enc, enc.embed_dim, projector_hidden=16, projector_dim=8, predictor_hidden=16)
+    assert [type(m) for m in enc.modules()] == types and enc.config() == config
+
+
+def test_every_method_encoder_rebuilds_from_its_exported_config() -> None:
+    """For every registry method: the encoder built with the method's backbone options, trained inside the
+    method, is rebuilt from its exported config with the same module types, loads strictly and gives the same
+    outputs."""
+    from byola.engine import METHODS, build_method
+
+    x = torch.randn(4, 3, 8, 8)
+    for name, spec in METHODS.items():
+        torch.manual_seed(0)
+        enc = build_encoder("small_cnn", channels=[8, 16], **spec.backbone_options())
+        method = build_method(name, enc, enc.embed_dim, projector_hidden=16, projector_dim=8, predictor_hidden=16)
+        assert method.encoder is enc
+        cfg = enc.config()
+        rebuilt = build_encoder(cfg["name"], **cfg["params"])
+        assert [type(m) for m in rebuilt.modules()] == [type(m) for m in enc.modules()], name
+        rebuilt.load_state_dict(enc.state_dict(), strict=True)
+        torch.testing.assert_close(rebuilt.eval()(x), enc.eval()(x), msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_every_encoder_implements_the_encoder_protocol(name: str) -> None:
+    """forward pools frame_embeddings (audio: max + mean over time; images: mean over positions); config()
+    rebuilds the encoder."""
+    from byola.models import Encoder
+
+    small = {"AudioNTT2020": {"n_mels": 16, "d": 32, "conv_channels": 4},
+             "AudioNTT2022": {"n_mels": 16, "d": 48, "mlp_hidden_d": 16, "conv_channels": 4}}
+    torch.manual_seed(0)
+    enc = build_encoder(name, **small.get(name, {})).eval()
+    assert isinstance(enc, Encoder)
+    x = torch.randn(2, 1, 16, 24) if name in small else torch.randn(2, 3, 32, 32)
+    frames = enc.frame_embeddings(x)
+    assert frames.dim() == 3 and frames.shape[0] == 2 and frames.shape[2] == enc.embed_dim
+    pooled = frames.amax(dim=1) + frames.mean(dim=1) if name in small else frames.mean(dim=1)
+    torch.testing.assert_close(enc(x), pooled)
+    assert type(build_encoder(**{"name": enc.config()["name"], **enc.config()["params"]})) is type(enc)

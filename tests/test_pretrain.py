@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from byola.checkpoint import load_checkpoint
 from byola.embed import load
 from byola.engine import trainer as trainer_mod
-from byola.pretrain import RECIPES_DIR, RunningNorm, load_recipe, pretrain, resolve_config
+from byola.norm import RunningNorm
+from byola.pretrain import pretrain
+from byola.recipe import RECIPES_DIR, load_recipe, resolve_config
 
 # A few-second run: tiny encoder and heads, 16 mels, batch 4.
 TINY = {"model.conv_channels": 4, "frontend.n_mels": 16, "method.projector_hidden": 32, "method.projector_dim": 16,
@@ -144,3 +146,103 @@ def test_pretrain_v1_resume_after_interruption_matches(corpus: Path, tmp_path: P
     assert [r["loss"] for r in _rows(tmp_path / "run")] == [r["loss"] for r in _rows(tmp_path / "ref")]
     # Running statistics (v1) are restored with the views' state and exported with the model.
     assert load_checkpoint(ref)[1]["norm_stats"] == load_checkpoint(resumed)[1]["norm_stats"]
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ({"train.steps": 0}, r"train\.steps must be >= 1, got 0"),                  # used to start the full 100 epochs
+    ({"model.d": 512}, r"model .*AudioNTT2022"),                                # v2's d must exceed its conv width
+    ({"optim.lr": -1.0}, r"optim .*learning rate"),
+    ({"train.batch_size": "many"}, r"train\.batch_size must be an integer"),
+    ({"norm.mode": "median"}, r"norm\.mode must be one of"),
+    ({"model.n_mels": 128}, r"model\.n_mels 128 differs from frontend\.n_mels 64"),
+    ({"method.name": "byol_bnfree", "model.backbone_norm": "ln"}, r"model\.backbone_norm is set by the method"),
+])
+def test_recipe_errors_come_before_any_data_work(tmp_path: Path, override: dict, named: str) -> None:
+    """Issue 10 point 11: every recipe error, model/recipe mismatches included, is one ValueError naming the key,
+    raised before the (here missing) data is looked at."""
+    with pytest.raises(ValueError, match=named) as err:
+        pretrain([str(tmp_path / "no_such_corpus")], "byola_v2", str(tmp_path / "run"), **override)
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+
+
+def test_batch_larger_than_the_corpus_is_refused_before_statistics(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"train\.batch_size 64 x 1 process\(es\) needs at least 64 items"):
+        pretrain([str(corpus)], "byola_v2", str(tmp_path / "run"), **{**TINY_V2, "train.batch_size": 64})
+    assert not (tmp_path / "run" / "norm_stats.json").exists()
+
+
+def test_cli_recipe_error_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "byola", "pretrain", str(tmp_path), "--train.steps=0",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and done.stderr.strip().splitlines() == [
+        "byola pretrain: train.steps must be >= 1, got 0"]
+
+
+def test_resume_with_changed_hyperparameters_is_refused(corpus: Path, tmp_path: Path) -> None:
+    """Issue 10 point 10: `--resume --optim.lr=0.1` used to train on with the checkpoint's 1e-4 and write 0.1 into
+    the exported model's metadata. A change the run cannot honour is refused, naming it, and nothing is written."""
+    run = tmp_path / "run"
+    pretrain([str(corpus)], "byola_v2", str(run), **{**TINY_V2, "train.steps": 3})
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match=r"optim\.lr 0\.0001 -> 0\.1"):
+        pretrain([str(corpus)], "byola_v2", str(run), resume=True, **{**TINY_V2, "train.steps": 3, "optim.lr": 0.1})
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_finished_run_extends_as_if_planned_longer(corpus: Path, tmp_path: Path) -> None:
+    """Issue 11: `--resume --train.steps=N` continues a finished run from its last state; with BYOL-A's constant
+    schedules the result equals a run planned for N steps, and the change is recorded with its step."""
+    ref = pretrain([str(corpus)], "byola_v2", str(tmp_path / "ref"), **TINY_V2)                  # 6 steps
+    run = tmp_path / "run"
+    pretrain([str(corpus)], "byola_v2", str(run), **{**TINY_V2, "train.steps": 3})
+    extended = pretrain([str(corpus)], "byola_v2", str(run), resume=True, **TINY_V2)
+    a, b = load_file(ref), load_file(extended)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in _rows(run)] == [r["loss"] for r in _rows(tmp_path / "ref")]
+    prov = load_checkpoint(extended)[1]["provenance"]
+    assert prov["step"] == prov["total_steps"] == 6 and prov["config"]["train"]["steps"] == 6
+    assert prov["resumes"] == [{"step": 3, "changed": {"train.steps": {"then": 3, "now": 6}}}]
+    with pytest.raises(ValueError, match="at step 6, beyond the 4 steps"):
+        pretrain([str(corpus)], "byola_v2", str(run), resume=True, **{**TINY_V2, "train.steps": 4})
+
+
+def test_recipe_inheritance_and_complete_resolution(tmp_path: Path) -> None:
+    from byola.recipe import RecipeError, load
+
+    tri, v2 = resolve_config("tribyola"), resolve_config("byola_v2")
+    assert {k: v for k, v in tri.items() if k not in ("method", "train")} == {
+        k: v for k, v in v2.items() if k not in ("method", "train")}
+    assert tri["method"] == {**v2["method"], "name": "tribyol"} and tri["train"] == {**v2["train"], "batch_size": 64}
+    child = tmp_path / "child.yaml"
+    child.write_text("base: byola_v1\noptim:\n  lr: 1.0e-3\n")
+    cfg = load(child)
+    assert cfg.optim.params["lr"] == 1e-3 and cfg.model.params["d"] == 2048 and cfg.train.warmup_steps == 0
+    assert set(cfg.to_dict()["frontend"]) == {"n_fft", "win_length", "hop_length", "n_mels", "f_min", "f_max",
+                                              "backend"}
+    (tmp_path / "loop.yaml").write_text("base: loop\n")
+    with pytest.raises(RecipeError, match="inherits from itself"):
+        load(tmp_path / "loop.yaml")
+    child.write_text("base: byola_v1\ntrain:\n  batch_szie: 8\n")
+    with pytest.raises(RecipeError, match=r"unknown key train\.batch_szie"):
+        load(child)
+
+
+def test_torchrun_pretraining_reports_each_message_once(corpus: Path, tmp_path: Path) -> None:
+    """Issue 11: under torchrun only rank 0 logs (here: the unreadable-file warning) and prints the final line."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    overrides = [f"--{k}={v}" for k, v in {**TINY_V2, "train.steps": 2, "train.device": "cpu"}.items()]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "byola", "pretrain", str(corpus), "--out", str(tmp_path / "run"), *overrides],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("model written to") == 1
+    assert done.stderr.count("skipping 1 unreadable audio file") == 1

@@ -14,7 +14,9 @@ from PIL import Image
 from byola.checkpoint import load_checkpoint
 from byola.layers import has_batchnorm
 from byola.image_data import ImageFolderDataset, TorchvisionImages, build_image_dataset
-from byola.pretrain import ImageBatchViews, pretrain, resolve_config
+from byola.modalities.image import ImageBatchViews
+from byola.pretrain import pretrain
+from byola.recipe import resolve_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"   # this checkout's recipes (not the installed copy)
 TINY_IMAGE = {"model.channels": [4, 8], "method.projector_hidden": 16, "method.projector_dim": 8,
@@ -95,7 +97,8 @@ def test_tiny_image_pretraining_through_the_recipe(image_folder: Path, tmp_path:
     if method == "tribyol":   # both targets' pairs are logged: three views reached the engine
         assert {"byol/0-0-1", "byol/1-0-0", "byol/0-1-2", "byol/2-1-0"} <= set(rows[0])
     encoder, meta = load_checkpoint(final)
-    assert meta["frontend"] == {"modality": "image", "size": [16, 16], "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert meta["modality"] == "image"  # checkpoint format 2: the modality is top-level (format 1 kept it here)
+    assert meta["frontend"] == {"size": [16, 16], "mean": [0.5] * 3, "std": [0.5] * 3}
     assert meta["norm_stats"] is None and meta["provenance"]["method"]["name"] == method
     assert has_batchnorm(encoder) == (method != "byol_bnfree")
     assert encoder(torch.rand(2, 3, 16, 16)).shape == (2, 8)

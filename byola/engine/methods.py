@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from .byol import BYOL, BYOL_PAIRS, Pair
-from ..layers import NORMS, convert_backbone
+from ..layers import NORMS, has_batchnorm
 from .losses import LossTerm
 from .predictors import PREDICTORS
 
@@ -74,6 +74,17 @@ class MethodSpec:
     @property
     def n_views(self) -> int:
         return len(self.view_augmentations)
+
+    def backbone_options(self) -> dict[str, Any]:
+        """The encoder settings this method needs, as keyword arguments of :func:`byola.models.build_encoder` (or
+        :func:`byola.layers.convert_backbone` for an unregistered encoder): empty when the encoder stays as built."""
+        norm = None if self.backbone_norm in (None, "bn") else self.backbone_norm
+        if norm is None and not self.weight_standardization:
+            return {}
+        options: dict[str, Any] = {"backbone_norm": norm, "weight_standardization": self.weight_standardization}
+        if norm == "gn":
+            options["norm_groups"] = self.norm_groups
+        return options
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (for run metadata)."""
@@ -176,21 +187,43 @@ def build_method(name: str, encoder: nn.Module, embed_dim: int, **overrides: Any
     ``overrides`` may set any :class:`MethodSpec` field (``predictor_params`` is merged into the spec's when the
     predictor kind is unchanged) and any
     other :class:`BYOL` keyword (``projector_hidden``, ``projector_dim``, ``predictor_hidden``, ``tau_base``,
-    ``tau_schedule``, ``target_mode``), which take precedence over the spec's ``defaults``. When the spec sets
-    ``backbone_norm`` or ``weight_standardization``, the encoder is converted in place (and its ``config()``
-    records it; :func:`byola.layers.convert_backbone`, a no-op on an encoder ``build_encoder`` already converted)
-    before the targets are copied from it.
+    ``tau_schedule``, ``target_mode``), which take precedence over the spec's ``defaults``. ``encoder`` is used as
+    given, never modified: when the spec sets ``backbone_norm`` or ``weight_standardization``, build it with
+    ``build_encoder(name, **spec.backbone_options())``; an encoder that does not match raises ``ValueError``.
     """
     unknown = set(overrides) - _SPEC_FIELDS - _BYOL_ARGS
     if unknown:
         raise ValueError(f"unknown overrides for {name!r}: {sorted(unknown)}")
     spec = get_method(name, **method_spec_overrides(overrides))
-    convert_backbone(encoder, spec.backbone_norm, spec.weight_standardization, spec.norm_groups)
+    _check_backbone(spec, encoder)
     kwargs = {**spec.defaults, **{k: v for k, v in overrides.items() if k in _BYOL_ARGS and k not in _SPEC_FIELDS}}
     return BYOL(encoder, embed_dim, predictor=spec.predictor, predictor_params=dict(spec.predictor_params),
                 head_norm=spec.head_norm, n_targets=spec.n_targets, pairs=spec.pairs,
                 pair_weights=spec.pair_weights, extra_losses=spec.extra_losses, target_update=spec.target_update,
                 **kwargs)
+
+
+def _check_backbone(spec: MethodSpec, encoder: nn.Module) -> None:
+    """Raise ``ValueError`` unless ``encoder`` is what ``spec.backbone_options()`` builds: compared with the settings
+    its ``config()`` records (registered encoders), else with its layers (no BatchNorm, no plain Conv2d)."""
+    wanted = spec.backbone_options()
+    if not wanted:
+        return
+    config = getattr(encoder, "config", None)
+    if callable(config):
+        params = config()["params"]
+        have = {k: params.get(k) for k in wanted}
+        have["weight_standardization"] = bool(have["weight_standardization"])
+        ok = have == wanted
+    else:
+        have = {"batchnorm layers": has_batchnorm(encoder),
+                "plain Conv2d layers": any(type(m) is nn.Conv2d for m in encoder.modules())}
+        ok = not ((wanted["backbone_norm"] is not None and have["batchnorm layers"])
+                  or (wanted["weight_standardization"] and have["plain Conv2d layers"]))
+    if not ok:
+        raise ValueError(f"{spec.name} needs an encoder built with {wanted}, this one has {have}: build it with "
+                         f"build_encoder(name, **get_method({spec.name!r}).backbone_options()) "
+                         f"(byola.layers.convert_backbone for an unregistered encoder)")
 
 
 __all__ = ["MethodSpec", "METHODS", "get_method", "method_spec_overrides", "build_method"]

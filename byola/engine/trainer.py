@@ -42,9 +42,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-__all__ = ["Trainer", "WarmupCosine", "DistInfo", "dist_info", "init_distributed", "default_device", "atomic_save",
+__all__ = ["Trainer", "LR_SCHEDULES", "AMP_MODES", "WarmupCosine", "DistInfo", "dist_info", "init_distributed", "default_device", "atomic_save",
            "latest_checkpoint"]
 
+LR_SCHEDULES = ("cosine", "constant")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 STATE_FORMAT = "byola-train-state"
 STATE_VERSION = 1
 _STATE_RE = re.compile(r"^state-(\d+)\.pt$")
@@ -312,10 +314,10 @@ class Trainer:
                  find_unused_parameters: bool = False) -> None:
         if (epochs is None) == (steps is None):
             raise ValueError("give exactly one of epochs= or steps=")
-        if lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
-        if amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {amp!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
         for name, value in (("batch_size", batch_size), ("accum_steps", accum_steps),
                             ("checkpoint_every", checkpoint_every), ("keep_checkpoints", keep_checkpoints)):
             if int(value) < 1:
@@ -414,12 +416,25 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
             raise ValueError(f"{path} is not a byola training-state checkpoint (version {STATE_VERSION})")
-        mismatch = {k: (v, state["config"].get(k)) for k, v in self._config().items() if state["config"].get(k) != v}
+        then = state["config"]
+        mismatch = {k: (v, then.get(k)) for k, v in self._config().items()
+                    if then.get(k) != v and k != "total_steps"}
         if mismatch:
             raise ValueError(f"cannot resume from {path}: settings differ (now, then): {mismatch}")
+        if self.total_steps < int(state["step"]):
+            raise ValueError(f"cannot resume from {path}: it is at step {state['step']}, beyond the {self.total_steps} "
+                             "steps asked for")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if then.get("total_steps") != self.total_steps:
+            # A longer (or shorter) run: the schedule takes the new length from here on (load_state_dict restored
+            # the old one), and the current rates are those of the new schedule at this step.
+            schedule = WarmupCosine(self.total_steps, self.warmup_steps, self.lr_schedule == "cosine",
+                                    self.min_lr_ratio)
+            self.scheduler.lr_lambdas = [schedule] * len(self.optimizer.param_groups)
+            for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+                group["lr"] = base * fn(self.scheduler.last_epoch)
         self.scaler.load_state_dict(state["scaler"])
         mine = state["ranks"][self.dist.rank]
         if isinstance(self.make_views, nn.Module):
@@ -458,7 +473,11 @@ class Trainer:
     # --------------------------------------------------------------------------------------------------------- loop
     def fit(self, resume: bool = False) -> dict[str, float]:
         """Train to ``total_steps``; with ``resume`` continue from the newest checkpoint in ``run_dir`` (a fresh run
-        when there is none). Returns the last step's logged values."""
+        when there is none). The resumed run must share the checkpoint's settings (:meth:`_config`) except
+        ``total_steps``: a larger one extends the run, and the data stream, RNG states and constant schedules continue
+        exactly as if the run had been planned that long; a cosine learning-rate schedule (or a τ schedule of the
+        engine) continues on the new length from the current step, which differs from a run planned that long.
+        Returns the last step's logged values."""
         created_group = init_distributed(self.device)
         self.dist = dist_info()
         try:

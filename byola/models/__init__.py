@@ -5,10 +5,11 @@ from torch import nn
 
 from byola.layers import convert_backbone
 from byola.models.audio import AudioNTT2020, AudioNTT2022
+from byola.models.base import Encoder, EncoderBase
 from byola.models.image import IMAGE_ENCODERS, ResNet18, ResNet18CIFAR, ResNet50, SmallCNN
 from byola.models.inference import optimize_for_inference
 
-ENCODERS: dict[str, type[nn.Module]] = {
+ENCODERS: dict[str, type[EncoderBase]] = {
     "AudioNTT2020": AudioNTT2020,
     "AudioNTT2022": AudioNTT2022,
     **IMAGE_ENCODERS,  # resnet18_cifar, resnet18, resnet50, small_cnn
@@ -31,5 +32,5 @@ def build_encoder(name: str, backbone_norm: str | None = None, weight_standardiz
     return convert_backbone(cls(**params), backbone_norm, weight_standardization, norm_groups)
 
 
-__all__ = ["ENCODERS", "build_encoder", "optimize_for_inference", "AudioNTT2020", "AudioNTT2022", "ResNet18CIFAR",
+__all__ = ["ENCODERS", "Encoder", "EncoderBase", "build_encoder", "optimize_for_inference", "AudioNTT2020", "AudioNTT2022", "ResNet18CIFAR",
            "ResNet18", "ResNet50", "SmallCNN"]

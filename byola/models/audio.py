@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from byola.models.base import EncoderBase
+
 
 def _conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
     """Conv3x3 -> BN -> ReLU -> 2x2 max-pool (4 modules, so block k's conv sits at index 4k)."""
@@ -27,15 +29,12 @@ def _to_frames(x: Tensor) -> Tensor:
     return x.permute(0, 3, 2, 1).reshape(b, t, f * c)
 
 
-class _AudioNTT(nn.Module):
+class _AudioNTT(EncoderBase):
     """Shared body: ``conv_layers`` conv blocks, then a two-layer MLP applied to every frame.
 
     With ``stack`` the frame embedding is the flattened conv features followed by the MLP output (BYOL-A v2);
     otherwise it is the MLP output alone (v1). The clip embedding is max + mean of the frames over time.
     """
-
-    name: str
-    hparams: dict
 
     def __init__(self, n_mels: int, d: int, conv_layers: int, conv_channels: int, mlp_hidden_d: int,
                  mlp_out_d: int, stack: bool, dropout: float) -> None:
@@ -113,10 +112,6 @@ class _AudioNTT(nn.Module):
             outs.append(_to_frames(x))
         hidden = self.fc[:3](outs[-1])
         return outs + [hidden, self._stack(outs[-1], self.fc[3:](hidden))]
-
-    def config(self) -> dict:
-        """``{"name", "params"}``; ``build_encoder(name, **params)`` rebuilds this architecture."""
-        return {"name": self.name, "params": dict(self.hparams)}
 
 
 class AudioNTT2020(_AudioNTT):

@@ -1,8 +1,8 @@
 """Image encoders: torchvision ResNets without their classifier, and a small CNN for tiny images.
 
-Every encoder maps ``[B, C, H, W]`` to ``[B, embed_dim]`` (global average pooling of the last feature map), has
-``embed_dim`` and ``config()`` (``{"name", "params"}``; ``byola.models.build_encoder(**config)`` rebuilds it), and
-is registered in :data:`byola.models.ENCODERS`.
+Every encoder implements :class:`byola.models.base.Encoder`: ``[B, C, H, W]`` -> ``[B, embed_dim]`` (global average
+pooling of the last feature map, whose positions are ``frame_embeddings``), ``embed_dim`` and ``config()``, and is
+registered in :data:`byola.models.ENCODERS`.
 
 * ``resnet18_cifar``: ResNet-18 with the CIFAR stem of SimCLR/BYOL reproductions on 32×32 images (first
   convolution 3×3 stride 1, no max-pool); 512-d.
@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18, resnet50
 
+from byola.models.base import EncoderBase
+
 __all__ = ["ResNet18CIFAR", "ResNet18", "ResNet50", "SmallCNN", "IMAGE_ENCODERS"]
 
 
@@ -27,10 +29,14 @@ def _check_input(x: torch.Tensor, in_channels: int, name: str) -> None:
         raise ValueError(f"{name} expects images [B, {in_channels}, H, W], got {tuple(x.shape)}")
 
 
-class _TorchvisionResNet(nn.Module):
+def _positions(features: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, H*W, C]`` (row-major positions)."""
+    return features.flatten(2).transpose(1, 2)
+
+
+class _TorchvisionResNet(EncoderBase):
     """A torchvision ResNet with ``fc`` replaced by the identity (the pooled features are the embedding)."""
 
-    name: str
     _builder = staticmethod(resnet18)
     _cifar_stem = False
 
@@ -53,15 +59,17 @@ class _TorchvisionResNet(nn.Module):
         for child_name, child in net.named_children():
             self.add_module(child_name, child)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_channels, self.name)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def config(self) -> dict:
-        """``{"name", "params"}``; ``build_encoder(name, **params)`` rebuilds this architecture."""
-        return {"name": self.name, "params": dict(self.hparams)}
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avgpool(self._features(x)), 1)
+
+    def frame_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map's positions ``[B, h*w, embed_dim]`` (their mean is ``forward(x)``)."""
+        return _positions(self._features(x))
 
 
 class ResNet18CIFAR(_TorchvisionResNet):
@@ -84,7 +92,7 @@ class ResNet50(_TorchvisionResNet):
     _builder = staticmethod(resnet50)
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(EncoderBase):
     """Conv3×3-BN-ReLU stages with ``channels`` widths (first stage stride 1, the others stride 2), global average
     pooling; ``embed_dim = channels[-1]``. For tiny images (8×8 digits upsampled to 16 px) on a CPU."""
 
@@ -109,9 +117,10 @@ class SmallCNN(nn.Module):
         _check_input(x, self.in_channels, self.name)
         return self.features(x).mean(dim=(-2, -1))
 
-    def config(self) -> dict:
-        """``{"name", "params"}``; ``build_encoder(name, **params)`` rebuilds this architecture."""
-        return {"name": self.name, "params": dict(self.hparams)}
+    def frame_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map's positions ``[B, h*w, embed_dim]`` (their mean is ``forward(x)``)."""
+        _check_input(x, self.in_channels, self.name)
+        return _positions(self.features(x))
 
 
 IMAGE_ENCODERS: dict[str, type[nn.Module]] = {cls.name: cls for cls in (ResNet18CIFAR, ResNet18, ResNet50, SmallCNN)}
