@@ -14,7 +14,8 @@ Output, in ``--out`` (keep it outside the repository: the audio is not part of t
 - ``manifest.csv``: segment, source, package_version, original_file, start_s, duration_s, domain (speech, music,
   sound), licence, attribution, sha256 (of the segment's 16-bit PCM);
 - ``train_<mix>.txt``: file lists for ``byola pretrain`` (one segment path a line), per mix in :data:`MIXES`;
-- ``excluded.csv``: files dropped because they match an evaluation clip (by name or by decoded-content hash).
+- ``excluded.csv``: files dropped because they match an evaluation clip (by name or by decoded-content hash), or
+  are empty or unreadable.
 
 Balance: ``byola pretrain`` draws one random crop per listed file per epoch, so a domain's weight in training is
 its number of listed segments, not its duration. Music sources are capped at ``--max_segments_music`` segments each
@@ -29,8 +30,10 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
+import functools
 import hashlib
 import io
+import json
 import random
 import re
 import subprocess
@@ -159,6 +162,7 @@ def dep5_licence(package: str, path: str) -> tuple[str, str] | None:
     return found
 
 
+@functools.cache
 def package_version(package: str) -> str:
     out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
     return out.stdout.strip() if out.returncode == 0 else ""
@@ -173,9 +177,9 @@ def sha256_pcm(wave: np.ndarray) -> str:
     return hashlib.sha256(pcm16(wave).tobytes()).hexdigest()
 
 
-def decode(data: str | bytes) -> tuple[np.ndarray, int]:
-    """Whole file (a path or the bytes of an archive member) as float32 mono at its native rate."""
-    with sf.SoundFile(io.BytesIO(data) if isinstance(data, bytes) else data) as f:
+def decode(path: str) -> tuple[np.ndarray, int]:
+    """Whole file as float32 mono at its native rate."""
+    with sf.SoundFile(path) as f:
         wave = f.read(dtype="float32", always_2d=True)
         return wave.mean(axis=1), f.samplerate
 
@@ -192,7 +196,7 @@ def eval_fingerprints(eval_data: Path) -> tuple[set[str], set[str]]:
              if p.suffix.lower() in AUDIO_EXTENSIONS]
     if not files:
         raise SystemExit(f"no evaluation clips under {eval_data}: pass --eval_data (fsdd, spcv2_12, esc50_f4)")
-    for p in tqdm(files, desc="hashing evaluation clips", unit="clip"):
+    for p in tqdm(files, desc="hashing evaluation clips", unit="clip", mininterval=30):
         wave, sr = decode(str(p))
         names.add(p.stem.lower())
         hashes.update({sha256_pcm(wave), sha256_pcm(to_16k(wave, sr))})
@@ -265,6 +269,68 @@ def segment_name(c: Candidate, start: float) -> str:
     return f"{c.source.name}/{Path(rel).stem}__{int(round(start * 1000)):08d}ms.flac"
 
 
+def plan_segments(c: Candidate, segment_sec: float) -> tuple[int, list[int]] | str:
+    """(sample rate, start frames of the file's consecutive segments) from the header, or the reason it cannot be
+    read."""
+    try:
+        with sf.SoundFile(io.BytesIO(c.read()) if c.original.count(":") else c.original) as f:
+            if f.frames <= 0:
+                return "empty"
+            return f.samplerate, list(range(0, f.frames, int(segment_sec * f.samplerate)))
+    except sf.LibsndfileError as e:
+        return f"unreadable: {e}"
+
+
+def read_segment(c: Candidate, start: int, frames: int) -> tuple[np.ndarray, int]:
+    """Frames ``[start, start + frames)`` of a file as float32 mono at its native rate (decodes only those)."""
+    with sf.SoundFile(io.BytesIO(c.read()) if c.original.count(":") else c.original) as f:
+        f.seek(start)
+        return f.read(frames, dtype="float32", always_2d=True).mean(axis=1), f.samplerate
+
+
+def build_source(cands: list[Candidate], domain: str, out: Path, eval_names: set[str], eval_hashes: set[str],
+                 args: argparse.Namespace, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """Segments of one source: planned from the headers, music capped at ``--max_segments_music`` (random), then
+    only the chosen segments decoded, checked against the evaluation clips, and written."""
+    excluded, plan = [], []
+    for c in cands:
+        stem = Path(c.original.split(":", 1)[-1]).stem.lower()
+        info = plan_segments(c, args.segment_sec)
+        if isinstance(info, str) or stem in eval_names:
+            excluded.append({"source": c.source.name, "original_file": c.original,
+                             "reason": "name" if stem in eval_names else info})
+            continue
+        sr, starts = info
+        plan += [(c, sr, start) for start in starts]
+    if domain == "music" and len(plan) > args.max_segments_music:
+        plan = rng.sample(plan, args.max_segments_music)
+    plan.sort(key=lambda x: (x[0].original, x[2]))
+    rows = []
+    for c, sr, start in tqdm(plan, desc=f"{cands[0].source.name} ({domain})", unit="segment", mininterval=30):
+        wave, sr = read_segment(c, start, int(args.segment_sec * sr))
+        piece = to_16k(wave, sr)
+        if start == 0 and len(wave) < args.segment_sec * sr:  # a whole file (evaluation clips are all shorter)
+            if sha256_pcm(wave) in eval_hashes or sha256_pcm(piece) in eval_hashes:
+                excluded.append({"source": c.source.name, "original_file": c.original, "reason": "content hash"})
+                continue
+        if len(piece) < int(args.min_sec * SAMPLE_RATE) or np.sqrt(np.mean(piece ** 2)) < args.silence_rms:
+            continue
+        digest = sha256_pcm(piece)
+        if digest in eval_hashes:
+            excluded.append({"source": c.source.name, "original_file": c.original, "reason": "segment hash"})
+            continue
+        row = {"segment": segment_name(c, start / sr), "source": c.source.name,
+               "package_version": package_version(c.source.name) if c.source.name != "berklee_unlabeled" else "",
+               "original_file": c.original, "start_s": round(start / sr, 3),
+               "duration_s": round(len(piece) / SAMPLE_RATE, 3), "domain": domain, "licence": c.licence,
+               "attribution": c.attribution, "sha256": digest}
+        path = out / row["segment"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, pcm16(piece), SAMPLE_RATE, subtype="PCM_16")
+        rows.append(row)
+    return rows, excluded
+
+
 def build(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,38 +352,19 @@ def build(args: argparse.Namespace) -> None:
     by_source: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
     for c in candidates:
         by_source[(c.source.name, c.source.domain)].append(c)
+    done_dir = out / ".done"  # per-source results: an interrupted build resumes after the last finished source
+    done_dir.mkdir(exist_ok=True)
     for (name, domain), cands in by_source.items():
-        written: list[dict] = []
-        for c in tqdm(cands, desc=f"{name} ({domain})", unit="file"):
-            stem = Path(c.original.split(":", 1)[-1]).stem.lower()
-            wave, sr = decode(c.read())
-            wave16 = to_16k(wave, sr)
-            if stem in eval_names or sha256_pcm(wave) in eval_hashes or sha256_pcm(wave16) in eval_hashes:
-                excluded.append({"source": name, "original_file": c.original,
-                                 "reason": "name" if stem in eval_names else "content hash"})
-                continue
-            seg = int(args.segment_sec * SAMPLE_RATE)
-            for start in range(0, max(len(wave16), 1), seg):
-                piece = wave16[start:start + seg]
-                if len(piece) < int(args.min_sec * SAMPLE_RATE) or np.sqrt(np.mean(piece ** 2)) < args.silence_rms:
-                    continue
-                digest = sha256_pcm(piece)
-                if digest in eval_hashes:
-                    excluded.append({"source": name, "original_file": c.original, "reason": "segment hash"})
-                    continue
-                written.append({"segment": segment_name(c, start / SAMPLE_RATE), "source": name,
-                                "package_version": package_version(name) if name != "berklee_unlabeled" else "",
-                                "original_file": c.original, "start_s": round(start / SAMPLE_RATE, 3),
-                                "duration_s": round(len(piece) / SAMPLE_RATE, 3), "domain": domain,
-                                "licence": c.licence, "attribution": c.attribution, "sha256": digest,
-                                "_audio": piece})
-        if domain == "music" and len(written) > args.max_segments_music:
-            written = sorted(rng.sample(written, args.max_segments_music), key=lambda r: r["segment"])
-        for r in written:
-            path = out / r["segment"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, pcm16(r.pop("_audio")), SAMPLE_RATE, subtype="PCM_16")
-            rows.append(r)
+        done = done_dir / f"{name}__{domain}.json"
+        if done.exists():
+            saved = json.loads(done.read_text())
+            rows += saved["rows"]
+            excluded += saved["excluded"]
+            continue
+        src_rows, src_excluded = build_source(cands, domain, out, eval_names, eval_hashes, args, rng)
+        done.write_text(json.dumps({"rows": src_rows, "excluded": src_excluded}))
+        rows += src_rows
+        excluded += src_excluded
 
     fields = ["segment", "source", "package_version", "original_file", "start_s", "duration_s", "domain", "licence",
               "attribution", "sha256"]
@@ -358,7 +405,8 @@ def summarize(rows: list[dict], excluded: list[dict]) -> None:
         per[(r["domain"], r["source"], r["licence"])].append(float(r["duration_s"]))
     print("| domain | source | licence | files | segments | hours |\n|---|---|---|---|---|---|")
     for (domain, source, lic), durs in sorted(per.items()):
-        files = len({r["original_file"] for r in rows if r["source"] == source and r["domain"] == domain})
+        files = len({r["original_file"] for r in rows
+                     if (r["domain"], r["source"], r["licence"]) == (domain, source, lic)})
         print(f"| {domain} | {source} | {lic} | {files} | {len(durs)} | {sum(durs) / 3600:.2f} |")
     for domain in sorted({r["domain"] for r in rows}):
         durs = [float(r["duration_s"]) for r in rows if r["domain"] == domain]
