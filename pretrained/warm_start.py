@@ -2,7 +2,7 @@
 model (e.g. the previous default, `byola_v1_d512_berklee.safetensors`) on new data, with fresh projector, predictor
 and optimizer, the target network starting as a copy of the loaded encoder.
 
-    python pretrained/warm_start.py --init pretrained/byola_v1_d512_berklee.safetensors -- \\
+    python pretrained/warm_start.py --init runs/byola_v1_d512_berklee/model.safetensors -- \\
         /work/corpus/train_all.txt --recipe pretrained/byola_v1_d512_open.recipe.yaml --out /work/runs/open_v1
 
 Everything after ``--`` is `byola pretrain`'s command line (``--resume`` included: on resume the trainer restores the
