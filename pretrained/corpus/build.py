@@ -4,7 +4,7 @@ attribution and content hash. See DATA_CARD.md beside this file.
 
     # once, as root (or print the line with --print-apt):
     python pretrained/corpus/build.py --apt
-    # build (about 10 minutes on one core):
+    # build (about 15 minutes on one shared core; rerun after an interruption: finished sources are kept):
     python pretrained/corpus/build.py --out /work/corpus --berklee ../shared/data/berklee_unlabeled/audio \\
         --eval_data ../shared/data
 
@@ -226,7 +226,9 @@ def tree_path(src: Source, path: str) -> str:
     return tree + path[len(installed):] if installed and path.startswith(installed) else path
 
 
-def list_source(src: Source, berklee: Path | None) -> list[Candidate]:
+def list_source(src: Source) -> list[Candidate]:
+    """The source's installed files (and archive members) with their licence; files the copyright file does not
+    cover are left out (counted on stderr)."""
     paths: list[str] = []
     for pattern in src.files:
         if pattern.startswith("zip:"):
@@ -337,7 +339,7 @@ def build(args: argparse.Namespace) -> None:
     eval_names, eval_hashes = eval_fingerprints(Path(args.eval_data))
     candidates: list[Candidate] = []
     for src in SOURCES:
-        found = list_source(src, None)
+        found = list_source(src)
         if not found:
             print(f"warning: {src.name} ({src.domain}): no files (package not installed?)", file=sys.stderr)
         candidates += found
