@@ -21,9 +21,10 @@ Balance: ``byola pretrain`` draws one random crop per listed file per epoch, so 
 its number of listed segments, not its duration. Music sources are capped at ``--max_segments_music`` segments each
 (chosen at random, seeded) and every mix in :data:`MIXES` samples segments per domain to a fixed share.
 
-Evaluation clips are never included: every candidate file is compared with every clip of the evaluation tasks under
-``--eval_data`` (fsdd, spcv2_12, esc50_f4) by file name and by sha256 of its decoded 16-bit PCM, both at the
-native sample rate and at 16 kHz, and each written segment's hash is checked against the clips' 16 kHz hashes.
+Evaluation clips are never included: every candidate file's name is compared with the clips of the evaluation tasks
+under ``--eval_data`` (fsdd, spcv2_12, esc50_f4), every file shorter than a segment (the clips are) by sha256 of its
+decoded 16-bit PCM at the native sample rate and at 16 kHz, and each written segment's hash is checked against the
+clips' 16 kHz hashes.
 """
 from __future__ import annotations
 
