@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import byola.pretrain
+import byola.recipe
 from byola.checkpoint import load_checkpoint
 
 
@@ -37,15 +37,18 @@ def main() -> None:
 
     if args.init:
         source, _ = load_checkpoint(args.init)
-        build = byola.pretrain.build_encoder
+        # the recipe builds the encoder (once on the meta device to check, then for real)
+        build = byola.recipe.build_encoder
 
         def build_from_init(name: str, **params: Any) -> nn.Module:
             encoder = build(name, **params)
+            if next(encoder.parameters()).is_meta:  # the recipe's dry check: nothing to load
+                return encoder
             encoder.load_state_dict(source.state_dict())  # strict: the recipe's model must match the checkpoint's
             print(f"encoder initialized from {args.init}", file=sys.stderr)
             return encoder
 
-        byola.pretrain.build_encoder = build_from_init
+        byola.recipe.build_encoder = build_from_init
     from byola.cli import main as cli_main
     sys.argv = ["byola", "pretrain", *argv[split + 1:]]
     cli_main()
