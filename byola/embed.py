@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.resources
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio_if_shorter, resample, stream_audio
-from .checkpoint import file_sha256, load_checkpoint
+from .checkpoint import file_sha256, load_any
 from .frontend import LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
 from .norm import NormStats, PreNormalization, compute_norm_stats
@@ -183,8 +182,10 @@ def pool_frames(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          norm_stats: NormStats | tuple[float, float] | None = None, optimize: bool = True,
          frontend_backend: str | None = "torchaudio", random_init: int | None = None,
-         compile: bool = False) -> Embedder:
-    """Load a byola checkpoint (default: the model shipped in `pretrained/`) as an `Embedder`.
+         compile: bool = False, accept_license: bool = False) -> Embedder:
+    """Load a model as an `Embedder`: a model name from `byola.hub` (default: the model shipped in `pretrained/`;
+    official weights are downloaded once, which needs `accept_license=True` the first time), a byola
+    `.safetensors` checkpoint or an official BYOL-A `.pth` file (converted in memory).
 
     `norm_stats` overrides the checkpoint's statistics; a checkpoint without statistics (a converted official file)
     needs them here or from `Embedder.fit_norm_stats`. `frontend_backend` picks the log-mel backend; None keeps the
@@ -194,8 +195,10 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     `random_init=SEED` replaces the weights with a random initialization of the same architecture (seeded): the
     baseline a trained model must beat.
     """
-    path = Path(path) if path is not None else default_checkpoint()
-    encoder, meta = load_checkpoint(path)
+    from .hub import model_name, resolve
+
+    ref, path = path, resolve(path, accept_license=accept_license)
+    encoder, meta = load_any(path)
     if random_init is not None:
         torch.manual_seed(random_init)
         encoder = build_encoder(meta["encoder"]["name"], **meta["encoder"]["params"]).eval()
@@ -211,6 +214,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         norm_stats = NormStats.from_dict(meta["norm_stats"])
     embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize, compile=compile).to(device)
     embedder.checkpoint_path = str(path)
+    embedder.model_name = model_name(ref)
     if random_init is None:
         embedder.checkpoint_id = f"sha256:{file_sha256(path)}"
     else:  # caches keyed by this id must not mix random encoders of different architectures or frontends
@@ -221,11 +225,9 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
 
 def default_checkpoint() -> Path:
     """The model shipped in the repository's `pretrained/` folder (installed as the package `byola.pretrained`)."""
-    folder = Path(str(importlib.resources.files("byola.pretrained")))
-    found = sorted(folder.glob("*.safetensors"))
-    if not found:
-        raise FileNotFoundError(f"no default model in {folder}: pass a checkpoint explicitly")
-    return found[0]
+    from .hub import shipped_checkpoint
+
+    return shipped_checkpoint()
 
 
 # -- inputs ----------------------------------------------------------------------------------------------------
