@@ -58,6 +58,7 @@ from byola.frontend import LogMelSpectrogram
 from byola.image_data import build_image_dataset
 from byola.models import build_encoder
 from byola.norm import NormStats, PreNormalization, compute_norm_stats
+from byola.plots import plot_run
 
 __all__ = ["pretrain", "resolve_config", "load_recipe", "RECIPES_DIR", "RunningNorm", "AudioBatchViews",
            "ImageBatchViews", "corpus_norm_stats"]
@@ -435,6 +436,8 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
         log.info("training %s (%s, %s) for %d steps (%d batches of %d per epoch per process) on %s", recipe_name,
                  modality, method_name, trainer.total_steps, trainer.batches_per_epoch, trainer.batch_size, device)
         trainer.fit(resume=resume)
+        if info.is_main:
+            plot_run(out_dir)  # curves.png: loss, tau, lr and batch statistics from log.csv
         return out_dir / "model.safetensors"
     finally:
         if created_group:
