@@ -1,8 +1,10 @@
 """Optional dependencies (pip extras): a module of an extra is imported on first use, and a missing one is a
 one-line :class:`byola.errors.UsageError` naming the extra to install.
 
-``image``: torchvision and Pillow, used by the image variants only (``byola/models/image.py``,
-``byola/augment/image.py``, ``byola/image_data.py``); audio embedding, evaluation and pretraining never touch them.
+- ``image``: torchvision and Pillow, used by the image variants only (``byola/models/image.py``,
+  ``byola/augment/image.py``, ``byola/image_data.py``); audio embedding, evaluation and pretraining never use them.
+- ``librosa``: the ``librosa`` log-mel backend (``byola/frontend.py``; the reference, BYOL-A v1's own front end),
+  with numba and llvmlite about 220 MB; the default backend, torchaudio, computes the same log-mel.
 """
 from __future__ import annotations
 

@@ -189,11 +189,12 @@ def _require_licence(info: ModelInfo, accept_license: bool) -> None:
     record = _licence_record(info)
     if record.is_file():
         return
-    print(f"{info.name}: {info.description}. {_OFFICIAL_TERMS}\nLicence: {info.licence_url}\n"
+    terms = _OFFICIAL_TERMS if info.licence_url == _OFFICIAL_LICENCE_URL else f"Licence: {info.licence}."
+    print(f"{info.name}: {info.description}. {terms}\nLicence text: {info.licence_url}\n"
           f"byola downloads the file from its source ({info.url}) into {cache_dir()}; it never ships it.",
           file=sys.stderr)
     if not (accept_license or os.environ.get(ACCEPT_ENV, "") not in ("", "0")):
-        raise HubError(f"{info.name} is licensed for evaluation only (licence above)",
+        raise HubError(f"{info.name} needs its licence accepted ({info.licence}, above)",
                        f"if you accept it, rerun with --accept_license (Python: accept_license=True) or set "
                        f"{ACCEPT_ENV}=1; asked once")
     record.parent.mkdir(parents=True, exist_ok=True)

@@ -92,9 +92,9 @@ def _entry(server, payload: bytes, monkeypatch, **changes) -> hub.ModelInfo:
 def test_download_verify_and_load_by_name(server, cache, weights, monkeypatch, capsys):
     payload, sd = weights
     _entry(server, payload, monkeypatch)
-    with pytest.raises(UsageError, match="evaluation only.*--accept_license"):
+    with pytest.raises(UsageError, match="needs its licence accepted.*evaluation-only.*--accept_license"):
         hub.resolve("test-model", progress=False)
-    assert "Licence: https://github.com/nttcslab/byol-a" in capsys.readouterr().err
+    assert "Licence text: https://github.com/nttcslab/byol-a" in capsys.readouterr().err
     assert server.ranges == []  # nothing downloaded before the licence is accepted
 
     model = byola.load("test-model", accept_license=True, norm_stats=(0.0, 1.0))
