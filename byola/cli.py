@@ -558,8 +558,6 @@ def check_command_line(command: str, args: list[str]) -> list[str]:
 
 
 def _run(argv: list[str]) -> None:
-    import fire
-
     if not argv or argv[0] in ("-h", "--help", "help"):
         topic = argv[1] if len(argv) > 1 and argv[0] == "help" else None
         print(_command_help(topic) if topic in _commands() else _overview())
@@ -578,7 +576,10 @@ def _run(argv: list[str]) -> None:
     if "--help" in before_separator or "-h" in before_separator:
         print(_command_help(command))
         return
-    fire.Fire(Commands, command=[command] + check_command_line(command, args), name="byola")
+    checked = check_command_line(command, args)
+    import fire  # after the checks: fire (with asyncio) takes longer to import than the help takes to print
+
+    fire.Fire(Commands, command=[command] + checked, name="byola")
 
 
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
