@@ -4,22 +4,24 @@
 # output (last lines), wall time and exit code, then a summary table. Nothing here touches the internet: the
 # "model by name" step downloads from a loopback HTTP server (127.0.0.1) serving a generated weight file.
 #
-# usage: benchmarks/first_hour.sh [--fresh] [--keep] [REPO]
+# usage: benchmarks/first_hour.sh [--fresh] [--full] [--keep] [REPO]
 #   REPO     the repository to clone (default: this checkout; the clone takes its current branch)
 #   --fresh  install into a new venv from PyPI: `pip install -e .` (about 4 minutes and 6 GB with CUDA torch).
 #            Default: hardlink-copy /work/main/.venv (the project's development venv, as /work/mkwt.sh does) and
 #            reinstall byola editable from the clone, to spare the machine the download.
+#   --full   evaluate the whole fsdd_digit task (3,000 clips; default: every 5th clip, as a CSV task)
 #   --keep   keep the work folder (default: deleted at the end)
 # Environment: DATA (default ../shared/data relative to REPO, then /work/shared/data) for the evaluation and
 # pretraining corpora; the steps needing it are skipped when absent.
 set -uo pipefail
 
-fresh=0; keep=0; repo=""
+fresh=0; full=0; keep=0; repo=""
 for arg in "$@"; do
   case "$arg" in
     --fresh) fresh=1 ;;
+    --full) full=1 ;;
     --keep) keep=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) repo=$arg ;;
   esac
 done
@@ -123,8 +125,13 @@ step 2 "official weights without network (BYOLA_ACCEPT_LICENSE=1)" \
 
 # -- evaluate -------------------------------------------------------------------------------------------------
 if [ -f "$DATA/fsdd/fsdd_digit.csv" ]; then
-  LINES_SHOWN=16 step 0 "evaluate fsdd_digit with baselines (one probe seed)" \
-    byola evaluate fsdd_digit --data_root "$DATA" --baselines --seeds 1 --out "$W/eval"
+  if [ "$full" = 1 ]; then task=(fsdd_digit --data_root "$DATA"); else
+    # every 5th clip of fsdd_digit (600 of 3,000; same splits), paths absolute: a CSV task as a user writes one
+    awk -F, -v d="$DATA/fsdd" 'NR == 1 || NR % 5 == 2 { if (NR > 1) $1 = d "/" $1; print }' OFS=, \
+      "$DATA/fsdd/fsdd_digit.csv" > "$W/fsdd_digit_600.csv"
+    task=("$W/fsdd_digit_600.csv" --unit_sec 1.0); fi
+  LINES_SHOWN=16 step 0 "evaluate ${task[0]##*/} with baselines (one probe seed)" \
+    byola evaluate "${task[@]}" --baselines --seeds 1 --out "$W/eval"
   step 0 "byola plot EVAL (redraw scores.png and confusion matrices)" byola plot "$W/eval"
 fi
 
