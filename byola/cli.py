@@ -88,6 +88,8 @@ def _check_recipe(cfg: dict) -> None:
     if opt_name not in _OPTIMIZERS:
         raise ValueError(f"optim.name must be one of {sorted(_OPTIMIZERS)}, got {opt_name!r}")
     _OPTIMIZERS[opt_name]([torch.nn.Parameter(torch.zeros(1))], **ocfg)
+    if cfg.get("train", {}).get("device"):
+        _check_device(str(cfg["train"]["device"]))
     mcfg, method_cfg = dict(cfg["model"]), dict(cfg["method"])
     with torch.device("meta"):
         encoder = build_encoder(mcfg.pop("name"), **mcfg)
@@ -183,6 +185,8 @@ class Commands:
             raise UsageError("no data", "give at least one data folder, file or list")
         try:
             _check_recipe(resolve_config(recipe, overrides))
+        except UsageError:
+            raise
         except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
             raise UsageError(f"recipe {recipe}: {err.args[0] if err.args else err}",
                              "see the recipe file (recipes/*.yaml) for the known keys") from err

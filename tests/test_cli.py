@@ -56,6 +56,7 @@ def test_misspelt_option_is_refused_before_any_work(tmp_path):
     (("evaluate", "nosuchtask"), "'nosuchtask' is neither a built-in task"),
     (("pretrain", EXAMPLES, "--optim.lrr=1"), "unexpected keyword argument 'lrr'"),
     (("pretrain", EXAMPLES, "--resum"), "unknown option --resum (did you mean --resume?)"),
+    (("pretrain", EXAMPLES, "--train.device=cuda:7"), "--device cuda:7"),
     (("pretrain", EXAMPLES, "--recipe", "nope"), "recipe 'nope' is neither a file nor one of"),
     (("convert", "a.pth"), "missing DST"),
     (("embedd", "x"), "unknown command 'embedd' (did you mean embed?)"),
