@@ -67,10 +67,16 @@ def _check_device(device: str) -> None:
         raise UsageError(f"--device {device}: MPS is not available here", "use --device cpu")
 
 
-def _model_ref(model: str | None, checkpoint: str | None) -> str | None:
+def _model_ref(model: str | None, checkpoint: str | None, accept_license: bool) -> str | None:
+    """The model the user named; resolved (downloaded if needed) now, before torch is imported, so that an unknown
+    name or a licence to accept is reported at once."""
+    from .hub import resolve
+
     if model is not None and checkpoint is not None:
         raise UsageError("--model and --checkpoint both given", "pass one of them")
-    return model if model is not None else checkpoint
+    ref = model if model is not None else checkpoint
+    resolve(ref, accept_license=accept_license)
+    return ref
 
 
 def _check_recipe(cfg: dict) -> None:
@@ -131,17 +137,18 @@ class Commands:
             byola embed clips/ list.txt --model byol-a-v1-d2048 --out emb --frames --device cuda
             byola embed clips/ --checkpoint runs/v2/model.safetensors --out emb
         """
-        from .embed import collect_inputs, load
-
         if not inputs:
             raise UsageError("no inputs", "give at least one audio file, folder or .txt list")
         stats = _parse_stats(norm_stats)
+        ref = _model_ref(model, checkpoint, accept_license)
         _check_device(device)
+        from .embed import collect_inputs, load
+
         files = collect_inputs(inputs)
         if not files:
             raise UsageError(f"no audio files found in {', '.join(map(str, inputs))}",
                              "give audio files or folders holding .wav .flac .ogg .mp3 .aiff .aif .opus files")
-        embedder = load(_model_ref(model, checkpoint), device=device, norm_stats=stats,
+        embedder = load(ref, device=device, norm_stats=stats,
                         frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend,
                         compile=compile, accept_license=accept_license)
         if embedder.norm_stats is None:
@@ -226,21 +233,21 @@ class Commands:
             byola evaluate fsdd_digit spcv2_12 --data_root ../shared/data --out eval --baselines
             byola evaluate my_task.csv --unit_sec 2.0 --checkpoint runs/v2/model.safetensors --out eval_mine
         """
-        from .embed import load
-        from .evaluation.embedders import LogMelStatsEmbedder, ModelEmbedder
-        from .evaluation.run import evaluate
-        from .evaluation.tasks import load_task
-
         if not tasks:
             raise UsageError("no tasks", "name at least one built-in task or metadata CSV")
         if probe not in ("linear", "mlp", "knn"):
             raise UsageError(f"--probe {probe!r} is not a probe", "use linear, mlp or knn")
         if seeds < 1:
             raise UsageError(f"--seeds {seeds}: at least one seed is needed")
+        ref = _model_ref(model, checkpoint, accept_license)
         _check_device(device)
+        from .embed import load
+        from .evaluation.embedders import LogMelStatsEmbedder, ModelEmbedder
+        from .evaluation.run import evaluate
+        from .evaluation.tasks import load_task
+
         for task in tasks:  # fail on a missing task before loading any model
             load_task(task, unit_sec, None, data_root)
-        ref = _model_ref(model, checkpoint)
 
         def model_factory(random_init: int | None = None):
             def factory() -> ModelEmbedder:
@@ -340,12 +347,13 @@ class Commands:
         Examples:
             byola stats my_corpus/
         """
-        from .embed import collect_inputs, load
-
         if not inputs:
             raise UsageError("no inputs", "give at least one audio file, folder or .txt list")
+        ref = _model_ref(model, checkpoint, accept_license)
+        from .embed import collect_inputs, load
+
         files = collect_inputs(inputs)
-        embedder = load(_model_ref(model, checkpoint), norm_stats=(0.0, 1.0), accept_license=accept_license)
+        embedder = load(ref, norm_stats=(0.0, 1.0), accept_license=accept_license)
         stats = embedder.fit_norm_stats(files)
         print(f"{stats.mean!r},{stats.std!r}")
 
