@@ -141,7 +141,7 @@ def plot_scores(records: Sequence[dict], path: Path) -> None:
     labels = list(dict.fromkeys(_name(r) for r in records))
     tasks = list(dict.fromkeys(r["task"] for r in records))
     cell = {(r["task"], _name(r)): r for r in records}
-    width = 0.8 / len(labels)
+    width = min(0.8 / len(labels), 0.3)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + len(tasks) * (0.9 + 0.55 * len(labels))), 4.8))
     colours = plt.get_cmap("tab10").colors
     for k, label in enumerate(labels):
@@ -149,17 +149,20 @@ def plot_scores(records: Sequence[dict], path: Path) -> None:
         rs = [cell[t, label] for t in tasks if (t, label) in cell]
         errors = [r["std"] if r["seed_count"] > 1 else 0.0 for r in rs]
         short = label if len(label) <= 48 else label[:45] + "..."
-        bars = ax.bar(xs, [r["score"] for r in rs], width * 0.92, yerr=errors, capsize=3, label=short,
+        bars = ax.bar(xs, [r["score"] for r in rs], width * 0.92, yerr=errors if any(errors) else None, capsize=3,
+                      label=short,
                       color=colours[k % len(colours)])
         ax.bar_label(bars, labels=[f"{r['score']:.1f}" for r in rs], padding=2, fontsize=8)
     metrics = {t: next(r["metric"] for r in records if r["task"] == t) for t in tasks}
     ax.set_xticks(range(len(tasks)), [f"{t}\n({metrics[t]})" for t in tasks])
+    ax.set_xlim(-0.6, len(tasks) - 0.4)
     ax.set_ylabel("score (%)")
     ax.set_ylim(0, min(100, max(r["score"] + r["std"] for r in records) * 1.15 + 5))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     seeds = max(r["seed_count"] for r in records)
-    ax.set_title("linear-probe scores" + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else " (one seed)"),
+    probes = "/".join(dict.fromkeys(r["probe"] for r in records))
+    ax.set_title(f"{probes}-probe scores" + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else " (one seed)"),
                  fontsize=10)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(labels)), frameon=False)
     fig.tight_layout()
