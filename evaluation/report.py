@@ -157,16 +157,18 @@ def plot_scores(records: Sequence[dict], path: Path) -> None:
     ax.set_xticks(range(len(tasks)), [f"{t}\n({metrics[t]})" for t in tasks])
     ax.set_xlim(-0.6, len(tasks) - 0.4)
     ax.set_ylabel("score (%)")
-    ax.set_ylim(0, min(100, max(r["score"] + r["std"] for r in records) * 1.15 + 5))
+    ax.set_ylim(0, min(100, max(r["score"] + r["std"] for r in records)) + 9)  # room for the labels above 100
+    ax.set_yticks(range(0, 101, 20))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     seeds = max(r["seed_count"] for r in records)
     probes = "/".join(dict.fromkeys(r["probe"] for r in records))
     ax.set_title(f"{probes}-probe scores" + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else " (one seed)"),
                  fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(labels)), frameon=False)
+    ncol = 1 if max(map(len, labels)) > 30 else min(3, len(labels))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # "tight" keeps the legend below the axes in the picture
     plt.close(fig)
 
 
