@@ -431,7 +431,7 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
             amp=tcfg.get("amp", "auto"), grad_clip=tcfg.get("grad_clip"),
             checkpoint_every=int(tcfg.get("checkpoint_every", 1000)), keep_checkpoints=keep, export=export,
             num_workers=mod.num_workers, pin_memory=None, device=device, progress=progress,
-            prefetch_factor=tcfg.get("prefetch_factor"))
+            prefetch_factor=tcfg.get("prefetch_factor"), sync_bn=bool(tcfg.get("sync_bn", False)))
         log.info("training %s (%s, %s) for %d steps (%d batches of %d per epoch per process) on %s", recipe_name,
                  modality, method_name, trainer.total_steps, trainer.batches_per_epoch, trainer.batch_size, device)
         trainer.fit(resume=resume)
