@@ -103,7 +103,7 @@ class ToyData(torch.utils.data.Dataset):
 
 def run(run_dir: str | Path, steps: int = 12, checkpoint_every: int = 4, batch_size: int = 4, workers: int = 0,
         resume: bool = False, hang_after: int | None = None, device: str | None = None, engine: str = "toy",
-        views: str = "toy", sync_bn: bool = False, hang_rank: int = 0) -> nn.Module:
+        views: str = "toy", sync_bn: bool = False, hang_rank: int = 0, optim: str = "adam") -> nn.Module:
     """Train the toy in deterministic mode (as a test would in a fresh process) and return the model."""
     from byola.engine.trainer import Trainer, dist_info
 
@@ -124,7 +124,9 @@ def run(run_dir: str | Path, steps: int = 12, checkpoint_every: int = 4, batch_s
                 time.sleep(600)
 
         make_views = ToyViews(seed=rank) if views == "toy" else fixed_views
-        trainer = Trainer(model, lambda p: torch.optim.Adam(p, lr=1e-2), ToyData(), make_views, run_dir,
+        optimizer = (lambda p: torch.optim.Adam(p, lr=1e-2)) if optim == "adam" else (
+            lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+        trainer = Trainer(model, optimizer, ToyData(), make_views, run_dir,
                           batch_size=batch_size, steps=steps, checkpoint_every=checkpoint_every, warmup_steps=2,
                           num_workers=workers, export=export, on_step=on_step, progress=False, device=device,
                           sync_bn=sync_bn)
@@ -150,11 +152,13 @@ def main() -> None:
     ap.add_argument("--engine", choices=("toy", "byol"), default="toy", help="ToyBYOL or byola's BYOL engine")
     ap.add_argument("--views", choices=("toy", "fixed"), default="toy", help="ToyViews or fixed_views")
     ap.add_argument("--sync-bn", action="store_true")
+    ap.add_argument("--optim", choices=("adam", "sgd"), default="adam",
+                    help="Adam 1e-2, or SGD 0.1 with momentum 0.9 (no per-element normalization of rounding noise)")
     ap.add_argument("--hang-rank", type=int, default=0, help="the rank that hangs after --hang-after steps")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = run(args.run_dir, args.steps, args.checkpoint_every, args.batch_size, args.workers, args.resume,
-                args.hang_after, args.device, args.engine, args.views, args.sync_bn, args.hang_rank)
+                args.hang_after, args.device, args.engine, args.views, args.sync_bn, args.hang_rank, args.optim)
     if args.weights:
         torch.save(model.state_dict(), args.weights.format(rank=dist_info().rank))
 

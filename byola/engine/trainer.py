@@ -300,7 +300,8 @@ class Trainer:
         sync_timing: synchronize CUDA around ``make_views`` so that ``views_s`` is exact (costs a little speed).
         find_unused_parameters: passed to DistributedDataParallel.
         sync_bn: with more than one process, convert every BatchNorm layer of ``model`` (encoder, projector,
-            predictor, targets) to :class:`byola.engine.sync_bn.SyncBatchNorm` before wrapping it in DDP, so batch
+            predictor, targets) to synchronized BatchNorm (:func:`byola.engine.sync_bn.convert_sync_batchnorm`:
+            torch's ``SyncBatchNorm`` on CUDA, ``PortableSyncBatchNorm`` on CPU) before wrapping it in DDP, so batch
             statistics (and their gradients) span the global batch: ``P`` processes with ``batch_size`` B train like
             one process with ``P * B``. No effect on one process.
     """
