@@ -10,8 +10,7 @@ On CUDA (and the other devices torch's kernels serve) the layer is :class:`torch
 kernels (``batch_norm_stats`` and friends) have no CPU implementation, its forward refuses CPU tensors and DDP refuses
 it in a CPU module, so elsewhere (a CPU cluster with gloo; the tests) the layer is :class:`PortableSyncBatchNorm`: each
 process's per-channel count, mean and centred sum of squares are all-reduced in one differentiable collective and
-merged exactly (Chan et al.'s parallel variance), the numerically stable
-counterpart of torch's kernels.
+merged exactly (Chan et al.'s parallel variance), as numerically stable as torch's kernels.
 """
 from __future__ import annotations
 
