@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet18, resnet50
 
 __all__ = ["ResNet18CIFAR", "ResNet18", "ResNet50", "SmallCNN", "IMAGE_ENCODERS"]
 
@@ -31,15 +30,17 @@ class _TorchvisionResNet(nn.Module):
     """A torchvision ResNet with ``fc`` replaced by the identity (the pooled features are the embedding)."""
 
     name: str
-    _builder = staticmethod(resnet18)
-    _cifar_stem = False
+    _builder = "resnet18"  # torchvision.models function, imported on first use: importing torchvision costs
+    _cifar_stem = False    # seconds (it loads torch._dynamo), which `byola embed` on audio should not pay
 
     def __init__(self, in_channels: int = 3, zero_init_residual: bool = False) -> None:
         super().__init__()
         if in_channels < 1:
             raise ValueError(f"in_channels must be positive, got {in_channels}")
         self.hparams = {"in_channels": int(in_channels), "zero_init_residual": bool(zero_init_residual)}
-        net = self._builder(weights=None, zero_init_residual=zero_init_residual)
+        import torchvision.models
+
+        net = getattr(torchvision.models, self._builder)(weights=None, zero_init_residual=zero_init_residual)
         if self._cifar_stem or in_channels != 3:
             k, s, p = (3, 1, 1) if self._cifar_stem else (7, 2, 3)
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=k, stride=s, padding=p, bias=False)
@@ -81,7 +82,7 @@ class ResNet50(_TorchvisionResNet):
     """ResNet-50, ImageNet stem, 2048-d."""
 
     name = "resnet50"
-    _builder = staticmethod(resnet50)
+    _builder = "resnet50"
 
 
 class SmallCNN(nn.Module):
