@@ -29,7 +29,7 @@ class Commands:
     def embed(self, *inputs: str, checkpoint: str | None = None, out: str = "byola_embeddings",
               frames: bool = False, device: str = "cpu", batch_size: int = 64, num_workers: int | None = None,
               norm_stats: str | None = None, frontend_backend: str = "torchaudio", compile: bool = False,
-              progress: bool = True) -> None:
+              precision: str = "fp32", progress: bool = True) -> None:
         """Embed audio files, folders (recursive) and text files listing paths.
 
         Writes OUT/embeddings.npy (float32, one row per embedded file) and OUT/index.csv
@@ -49,6 +49,8 @@ class Commands:
             frontend_backend: log-mel backend: torchaudio (default; equal to the others within 4e-4 nats and the
                 fastest on CPU), nnaudio, librosa, or "checkpoint" for the one the model was trained with.
             compile: torch.compile the encoder (worth it for long jobs of equal-length clips).
+            precision: fp32 (exact, default), bf16 (encoder under bf16 autocast; slower on CPUs without native
+                bf16, with a warning) or auto (bf16 only on a CUDA GPU or CPU with native bf16).
             progress: show a progress bar.
         """
         from .embed import collect_inputs, load
@@ -63,7 +65,7 @@ class Commands:
             raise SystemExit("byola embed: no audio files found in the inputs")
         embedder = load(checkpoint, device=device, norm_stats=_parse_stats(norm_stats),
                         frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend,
-                        compile=compile)
+                        compile=compile, precision=precision)
         if embedder.norm_stats is None:
             print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs",
                   file=sys.stderr)
@@ -101,7 +103,7 @@ class Commands:
     def evaluate(self, *tasks: str, checkpoint: str | None = None, out: str = "byola_eval", baselines: bool = False,
                  probe: str = "linear", seeds: int = 3, data_root: str | None = None, unit_sec: float | None = None,
                  device: str = "cpu", batch_size: int = 64, num_workers: int = 1, fold_norm: bool = True,
-                 cache_dir: str | None = None, progress: bool = True) -> None:
+                 cache_dir: str | None = None, precision: str = "fp32", progress: bool = True) -> None:
         """Score frozen embeddings on downstream tasks; writes OUT/results.csv, OUT/results.md and confusion plots.
 
         Args:
@@ -119,22 +121,26 @@ class Commands:
             fold_norm: normalization statistics from each fold's training clips (EVAR's protocol); False keeps the
                 checkpoint's own.
             cache_dir: where embeddings are cached (default OUT/cache); share it between reports to reuse them.
+            precision: fp32 (exact, default), bf16 or auto (bf16 only where native), as for embed.
             progress: show progress bars.
         """
         from .embed import load
         from .evaluation.embedders import LogMelStatsEmbedder, ModelEmbedder
         from .evaluation.run import evaluate
+        from .precision import precision_name
 
         if not tasks:
             raise SystemExit("byola evaluate: name at least one task or metadata CSV")
 
         def model_factory(random_init: int | None = None):
             def factory() -> ModelEmbedder:
-                model = load(checkpoint, device=device, random_init=random_init)
+                model = load(checkpoint, device=device, random_init=random_init, precision=precision)
                 if not fold_norm and model.norm_stats is None:
                     raise SystemExit("byola evaluate: --fold_norm False needs a checkpoint with statistics")
                 name = model.checkpoint_id if random_init is not None else \
                     f"{Path(model.checkpoint_path).stem}@{model.checkpoint_id[7:19]}"
+                if precision_name(model.compute_dtype) != "fp32":  # cached embeddings are per precision
+                    name += f"+{precision_name(model.compute_dtype)}"
                 return ModelEmbedder(model, name=name, fold_norm=fold_norm, batch_size=batch_size)
             return factory
 

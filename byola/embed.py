@@ -27,6 +27,7 @@ from .checkpoint import file_sha256, load_checkpoint
 from .frontend import LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
 from .norm import NormStats, PreNormalization, compute_norm_stats
+from .precision import autocast, precision_name, resolve_precision
 
 # Log-mel frames computed per encoder chunk (20 s of audio at hop 160). A multiple of every encoder's frame_hop.
 CHUNK_FRAMES = 2000
@@ -49,11 +50,15 @@ class Embedder(nn.Module):
         micro_batch: with `optimize`, run batches through frontend and encoder in chunks of this many clips: the
             intermediate tensors of a small chunk stay in the CPU caches (encoder measured at 5.1x plain eager at
             16 against 2.6x unchunked, batch 256, 2 cores; benchmarks/embed_speed.py). None runs whole batches.
+        compute_dtype: the encoder's compute dtype: float32 (exact), or bfloat16 under autocast (see
+            byola.precision; the log-mel frontend and normalization stay float32, embeddings are returned float32).
     """
 
     def __init__(self, encoder: nn.Module, frontend: LogMelSpectrogram, norm_stats: NormStats | None,
-                 optimize: bool = True, compile: bool = False, micro_batch: int | None = 16) -> None:
+                 optimize: bool = True, compile: bool = False, micro_batch: int | None = 16,
+                 compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        self.compute_dtype = compute_dtype
         self.encoder = (optimize_for_inference(encoder, micro_batch=micro_batch, compile=compile) if optimize
                         else encoder.eval())
         self.frontend = frontend
@@ -92,7 +97,12 @@ class Embedder(nn.Module):
         """`model` on the normalized log-mel of `waves`, in the encoder's micro-batches (frontend included)."""
         size = self.encoder.micro_batch
         chunks = waves.split(size) if size else [waves]
-        return torch.cat([model(self._normalized_logmel(chunk).unsqueeze(1)) for chunk in chunks])
+        return torch.cat([self._encode(model, self._normalized_logmel(chunk).unsqueeze(1)) for chunk in chunks])
+
+    def _encode(self, model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """`model(x)` at `compute_dtype`, returned as float32."""
+        with autocast(self.compute_dtype, x.device):
+            return model(x).float()
 
     @torch.inference_mode()
     def embed_batch(self, waves: torch.Tensor) -> torch.Tensor:
@@ -144,7 +154,7 @@ class Embedder(nn.Module):
 
         def run(lo: int, hi: int, keep_lo: int, keep_hi: int) -> torch.Tensor:
             x = self.prenorm(pending[:, lo - pending_start: hi - pending_start])
-            out = self.encoder.frame_embeddings(x[None, None])[0]
+            out = self._encode(self.encoder.frame_embeddings, x[None, None])[0]
             return out[(keep_lo - lo) // hop: (keep_hi - lo) // hop]
 
         if self.prenorm is None:
@@ -183,7 +193,7 @@ def pool_frames(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          norm_stats: NormStats | tuple[float, float] | None = None, optimize: bool = True,
          frontend_backend: str | None = "torchaudio", random_init: int | None = None,
-         compile: bool = False) -> Embedder:
+         compile: bool = False, precision: str = "fp32") -> Embedder:
     """Load a byola checkpoint (default: the model shipped in `pretrained/`) as an `Embedder`.
 
     `norm_stats` overrides the checkpoint's statistics; a checkpoint without statistics (a converted official file)
@@ -193,6 +203,8 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     convolution STFT on a CPU, and runs on any device, unlike librosa.
     `random_init=SEED` replaces the weights with a random initialization of the same architecture (seeded): the
     baseline a trained model must beat.
+    `precision`: "fp32" (default, exact), "bf16" (encoder under bf16 autocast) or "auto" (bf16 only where `device`
+    has native bf16); see byola.precision.
     """
     path = Path(path) if path is not None else default_checkpoint()
     encoder, meta = load_checkpoint(path)
@@ -209,7 +221,8 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         norm_stats = NormStats(mean=float(norm_stats[0]), std=float(norm_stats[1]), count=0)
     if norm_stats is None and meta.get("norm_stats"):
         norm_stats = NormStats.from_dict(meta["norm_stats"])
-    embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize, compile=compile).to(device)
+    embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize, compile=compile,
+                        compute_dtype=resolve_precision(precision, device)).to(device)
     embedder.checkpoint_path = str(path)
     if random_init is None:
         embedder.checkpoint_id = f"sha256:{file_sha256(path)}"
@@ -479,6 +492,8 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
         num_workers = len(os.sched_getaffinity(0)) if on_cpu else 2
     fingerprint = {"checkpoint_id": getattr(embedder, "checkpoint_id", None), "frames": frames,
                    "norm_stats": embedder.norm_stats.to_dict() if embedder.norm_stats else None}
+    if embedder.compute_dtype != torch.float32:  # fp32 runs keep the fingerprint of earlier versions
+        fingerprint["precision"] = precision_name(embedder.compute_dtype)
     shards = _Shards(out, fingerprint)
     todo = [f for f in files if not shards.done(f)]
     skipped = len(files) - len(todo)
