@@ -53,6 +53,7 @@ class Commands:
                 bf16, with a warning) or auto (bf16 only on a CUDA GPU or CPU with native bf16).
             progress: show a progress bar.
         """
+        from .decoded import DecodedWaves
         from .embed import collect_inputs, load
 
         if not inputs:
@@ -66,13 +67,14 @@ class Commands:
         embedder = load(checkpoint, device=device, norm_stats=_parse_stats(norm_stats),
                         frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend,
                         compile=compile, precision=precision)
-        if embedder.norm_stats is None:
-            print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs",
-                  file=sys.stderr)
-            stats = embedder.fit_norm_stats(files)
-            print(f"normalization statistics: mean={stats.mean:.6f} std={stats.std:.6f}", file=sys.stderr)
-        summary = embedder.embed_files(files, out, batch_size=batch_size, frames=frames, num_workers=num_workers,
-                                       progress=progress)
+        with DecodedWaves() as decoded:  # the statistics pass keeps what it decodes for the embedding pass
+            if embedder.norm_stats is None:
+                print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs",
+                      file=sys.stderr)
+                stats = embedder.fit_norm_stats(files, keep=decoded)
+                print(f"normalization statistics: mean={stats.mean:.6f} std={stats.std:.6f}", file=sys.stderr)
+            summary = embedder.embed_files(files, out, batch_size=batch_size, frames=frames,
+                                           num_workers=num_workers, progress=progress, decoded=decoded)
         print(f"{summary.ok} embedded, {summary.failed} failed ({summary.skipped} already done) -> {summary.out}",
               file=sys.stderr)
         if summary.failed:

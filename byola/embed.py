@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio_if_shorter, resample, stream_audio
 from .checkpoint import file_sha256, load_checkpoint
+from .decoded import DecodedWaves
 from .frontend import LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
 from .norm import NormStats, PreNormalization, compute_norm_stats
@@ -138,9 +139,13 @@ class Embedder(nn.Module):
         """Embed audio files into `out` (see `embed_files`)."""
         return embed_files(self, paths, out, **kwargs)
 
-    def fit_norm_stats(self, paths: Sequence[str | os.PathLike]) -> NormStats:
-        """Compute exact pre-normalization statistics from `paths` (skipping unreadable files) and use them."""
-        stats = compute_norm_stats(paths, self.frontend, sample_rate=self.sample_rate, skip_errors=True)
+    def fit_norm_stats(self, paths: Sequence[str | os.PathLike], keep: DecodedWaves | None = None) -> NormStats:
+        """Compute exact pre-normalization statistics from `paths` (skipping unreadable files) and use them.
+
+        `keep` receives the decoded waveforms; pass it to `embed_files(..., decoded=keep)` to decode each file once.
+        """
+        stats = compute_norm_stats(paths, self.frontend, sample_rate=self.sample_rate, skip_errors=True,
+                                   on_decoded=keep.put if keep is not None else None)
         self.set_norm_stats(stats)
         return stats
 
@@ -432,9 +437,16 @@ class _Chunks(torch.utils.data.Dataset):
     """
 
     def __init__(self, files: list[str], size: int, sample_rate: int, max_load_sec: float,
-                 embedder: "Embedder | None", frames: bool) -> None:
+                 embedder: "Embedder | None", frames: bool, decoded: DecodedWaves | None = None) -> None:
         self.files, self.size, self.sample_rate, self.max_load_sec = files, size, sample_rate, max_load_sec
-        self.embedder, self.frames = embedder, frames
+        self.embedder, self.frames, self.decoded = embedder, frames, decoded
+
+    def _decode(self, file: str) -> torch.Tensor | None:
+        """The waveform (kept from an earlier pass when `decoded` has it), or None for files to stream."""
+        kept = self.decoded.get(file) if self.decoded is not None else None
+        if kept is not None and len(kept) <= self.max_load_sec * self.sample_rate:
+            return kept
+        return load_audio_if_shorter(file, self.max_load_sec, self.sample_rate)
 
     def __len__(self) -> int:
         return -(-len(self.files) // self.size)
@@ -445,7 +457,7 @@ class _Chunks(torch.utils.data.Dataset):
             file = self.files[i]
             item = _Item(file)
             try:
-                item.wave = load_audio_if_shorter(file, self.max_load_sec, self.sample_rate)
+                item.wave = self._decode(file)
                 if item.wave is None:
                     item.stream = True
                 else:
@@ -458,6 +470,20 @@ class _Chunks(torch.utils.data.Dataset):
         return items
 
 
+def _chunk_size(batch_size: int, in_workers: bool) -> int:
+    return min(batch_size, _CPU_WORKER_CHUNK) if in_workers else batch_size
+
+
+def default_num_workers(n_files: int, batch_size: int, on_cpu: bool) -> int:
+    """Worker processes for `embed_files` on `n_files` files: none when they fit in one chunk (a handful of files
+    is embedded in this process, without paying for workers to start), else one per CPU core on a CPU model (at
+    most one per chunk; each runs the model on one thread), 2 decoding for an accelerator."""
+    n_chunks = -(-n_files // _chunk_size(batch_size, on_cpu))
+    if n_chunks <= 1:
+        return 0
+    return min(len(os.sched_getaffinity(0)), n_chunks) if on_cpu else 2
+
+
 def _unbatched(item: list[_Item]) -> list[_Item]:
     """DataLoader collate function: a chunk is already a list."""
     return item
@@ -465,7 +491,8 @@ def _unbatched(item: list[_Item]) -> list[_Item]:
 
 def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
                 batch_size: int = 64, frames: bool = False, num_workers: int | None = None,
-                max_load_sec: float = 60.0, progress: bool = True, flush_every: int = 256) -> EmbedSummary:
+                max_load_sec: float = 60.0, progress: bool = True, flush_every: int = 256,
+                decoded: DecodedWaves | None = None) -> EmbedSummary:
     """Embed `paths` into `out`: `embeddings.npy` (float32, one row per ok file) and `index.csv`.
 
     Files are read in chunks of `batch_size` (at most 32 in CPU workers); the clips of a chunk with equal decoded
@@ -476,11 +503,13 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
     index.csv's `frames` column. Finished work is saved in shards every `flush_every` files, so rerunning on the
     same `out` skips it. Failed files are recorded with their error and retried on the next run.
 
-    `num_workers` DataLoader worker processes (default: one per CPU core on a CPU model, 2 on an accelerator) decode
+    `num_workers` DataLoader worker processes (default `default_num_workers`: none for files that fit in one chunk,
+    else one per CPU core on a CPU model, 2 on an accelerator) decode
     the files. On a CPU model they also run the model, each on one thread: on this project's 2-core benchmark
     machine, two single-threaded processes embed faster than one process on two threads, and decoding then never
     competes with the model's threads (benchmarks/embed_speed.py). With `num_workers=0` everything runs in this
-    process.
+    process. `decoded`: waveforms kept by an earlier pass (`Embedder.fit_norm_stats(..., keep=...)`), used instead
+    of decoding those files again.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -488,8 +517,6 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
     if len(set(files)) != len(files):
         raise ValueError("duplicate input files")
     on_cpu = embedder.device.type == "cpu"
-    if num_workers is None:
-        num_workers = len(os.sched_getaffinity(0)) if on_cpu else 2
     fingerprint = {"checkpoint_id": getattr(embedder, "checkpoint_id", None), "frames": frames,
                    "norm_stats": embedder.norm_stats.to_dict() if embedder.norm_stats else None}
     if embedder.compute_dtype != torch.float32:  # fp32 runs keep the fingerprint of earlier versions
@@ -497,14 +524,19 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
     shards = _Shards(out, fingerprint)
     todo = [f for f in files if not shards.done(f)]
     skipped = len(files) - len(todo)
+    if num_workers is None:
+        num_workers = default_num_workers(len(todo), batch_size, on_cpu)
     in_workers = on_cpu and num_workers > 0
     if in_workers and embedder.prenorm is None:
         embedder._normalized_logmel(torch.zeros(1, 1))  # raises the missing-statistics error here, not per file
     # Small chunks keep CPU workers evenly loaded to the end (their model runs micro-batches of 16 anyway).
-    chunk = min(batch_size, _CPU_WORKER_CHUNK) if in_workers else batch_size
-    chunks = _Chunks(todo, chunk, embedder.sample_rate, max_load_sec, embedder if in_workers else None, frames)
+    chunk = _chunk_size(batch_size, in_workers)
+    chunks = _Chunks(todo, chunk, embedder.sample_rate, max_load_sec, embedder if in_workers else None, frames,
+                     decoded)
+    # Out of order: the next chunk goes to whichever worker is free, so one slowed by a competing job does not
+    # hold up the others (records are matched to files by name, the output keeps the input order).
     loader = torch.utils.data.DataLoader(chunks, batch_size=None, collate_fn=_unbatched, num_workers=num_workers,
-                                         prefetch_factor=2 if num_workers else None)
+                                         prefetch_factor=2 if num_workers else None, in_order=False)
     pending_records: list[dict] = []
     pending_emb: list[np.ndarray] = []
     frames_dir = out / "frames"
