@@ -15,6 +15,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from .errors import UsageError
+
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 
 PathLike = str | os.PathLike
@@ -36,7 +38,7 @@ _UNKNOWN_FRAMES = 2**63 - 1
 _MPEG_LENGTH_SLACK = 0.01
 
 
-class AudioError(ValueError):
+class AudioError(UsageError):
     """A file that cannot be turned into audio samples; ``str()`` names the file and the reason."""
 
     def __init__(self, path: PathLike, reason: str):

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from byola import __version__
+from byola.errors import UsageError
 from byola.files import atomic_write_with, file_sha256
 from byola.frontend import LogMelSpectrogram
 from byola.models import ENCODERS, build_encoder
@@ -44,7 +45,7 @@ METADATA_KEY = "byola"
 _OFFICIAL_BACKEND = {"AudioNTT2020": "librosa", "AudioNTT2022": "nnaudio"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint or official weight file that cannot be used; ``str()`` names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
@@ -247,6 +248,42 @@ def _detect_architecture(path: Path, state: Mapping[str, torch.Tensor]) -> dict:
     return {"name": name, "params": params}
 
 
+def load_official(src: str | os.PathLike, norm_stats: Any = None) -> tuple[nn.Module, dict]:
+    """An official BYOL-A ``.pth`` file converted in memory: ``(encoder in eval mode, metadata)``, the metadata
+    being what :func:`convert_official` writes (nothing is written here)."""
+    src = Path(src)
+    state, arch = load_official_state_dict(src)
+    with torch.device("meta"):
+        encoder = build_encoder(arch["name"], **arch["params"])
+    _load_state(src, encoder, state)
+    backend = _OFFICIAL_BACKEND[arch["name"]]
+    provenance = {
+        "source": "official BYOL-A weights (nttcslab/byol-a)",
+        "official_file": src.name,
+        "official_sha256": file_sha256(src),
+        "official_version": "v1" if arch["name"] == "AudioNTT2020" else "v2",
+        "trained_frontend_backend": backend,
+        "norm_stats_note": "official files carry no normalization statistics"
+        if norm_stats is None else "normalization statistics supplied at conversion",
+    }
+    meta = {"format_version": FORMAT_VERSION, "modality": "audio", "encoder": encoder.config(),
+            "frontend": default_frontend_config(arch["params"]["n_mels"], backend),
+            "norm_stats": _norm_stats_dict(norm_stats), "provenance": provenance}
+    return encoder.eval(), meta
+
+
+def load_any(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """A byola ``.safetensors`` checkpoint (:func:`load_checkpoint`) or an official BYOL-A ``.pth`` file
+    (:func:`load_official`, converted in memory), told apart by their first bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    torch_file = head.startswith(b"PK") or head[:1] == b"\x80"  # zip (torch >= 1.6) or legacy pickle
+    return load_official(path) if torch_file else load_checkpoint(path)
+
+
 def convert_official(src: str | os.PathLike, dst: str | os.PathLike, norm_stats: Any = None,
                      overwrite: bool = False) -> dict:
     """Convert an official BYOL-A ``.pth`` file to a byola checkpoint at ``dst``; returns its metadata.
@@ -262,18 +299,6 @@ def convert_official(src: str | os.PathLike, dst: str | os.PathLike, norm_stats:
             raise FileExistsError(f"{dst} is the source file {src}: converting onto it would destroy it")
         if not overwrite:
             raise FileExistsError(f"{dst} exists: pass --overwrite to replace it")
-    state, arch = load_official_state_dict(src)
-    encoder = build_encoder(arch["name"], **arch["params"])
-    _load_state(src, encoder, state)
-    backend = _OFFICIAL_BACKEND[arch["name"]]
-    provenance = {
-        "source": "official BYOL-A weights (nttcslab/byol-a)",
-        "official_file": src.name,
-        "official_sha256": file_sha256(src),
-        "official_version": "v1" if arch["name"] == "AudioNTT2020" else "v2",
-        "trained_frontend_backend": backend,
-        "norm_stats_note": "official files carry no normalization statistics"
-        if norm_stats is None else "normalization statistics supplied at conversion",
-    }
-    save_checkpoint(dst, encoder, default_frontend_config(arch["params"]["n_mels"], backend), norm_stats, provenance)
+    encoder, meta = load_official(src, norm_stats)
+    save_checkpoint(dst, encoder, meta["frontend"], norm_stats, meta["provenance"])
     return read_metadata(dst)

@@ -1,35 +1,87 @@
-"""The `byola` command line (python-fire): embed | pretrain | evaluate | prepare | convert | stats.
+"""The `byola` command line: embed | evaluate | pretrain | plot | models | convert | stats | prepare.
 
-Each command imports what it needs when it runs, so `byola --help` stays fast. Commands exit non-zero on failure.
+python-fire dispatches the commands (the methods of :class:`Commands`). Before fire runs, :func:`main` checks the
+command line against the command's signature, so that nothing runs on settings the user did not give:
+
+- an unknown or misspelt option is refused before any work (fire itself runs the command with the options it
+  understood and complains only afterwards), with a "did you mean" suggestion;
+- values are checked against the parameter's type (int, float, bool, str) and handed to fire as Python literals:
+  fire would otherwise turn ``--out 2024`` into an int, ``--norm_stats 1,2`` into a tuple, and a ``--frames``
+  followed by a file name into ``frames="file.wav"``;
+- ``--help``/``-h`` prints our own help, rendered from the docstrings (fire's help lists no commands for a class
+  and needs the required arguments first), without importing torch.
+
+Errors a user can fix (:class:`byola.errors.UsageError` and its subclasses, missing files) end in one line and exit
+status 2; ``--debug`` or ``BYOLA_DEBUG=1`` shows the traceback. Each command imports what it needs when it runs.
+
+Remaining fire behaviour: values are Python literals (``--seeds 3``, ``--device cuda``, ``--optim.lr=1e-4``);
+``--flag=false``/``--noflag`` turn a flag off; pretraining overrides (``--train.steps=20``) and ``prepare``'s
+dataset options pass through ``**kwargs`` and are checked by the recipe / the dataset's function before any work.
 """
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
+import re
 import sys
+import textwrap
 from pathlib import Path
 
-import fire
+from .errors import UsageError
+from .runtime import check_device
+
+_DEBUG_ENV = "BYOLA_DEBUG"
+_WIDTH = 100
 
 
-def _parse_stats(norm_stats: str | tuple | list | None) -> tuple[float, float] | None:
-    """`MEAN,STD` (fire may already have parsed it into a tuple) → (mean, std)."""
+def _parse_stats(norm_stats: str | None) -> tuple[float, float] | None:
+    """`MEAN,STD` → (mean, std)."""
     if norm_stats is None:
         return None
-    parts = norm_stats.split(",") if isinstance(norm_stats, str) else list(norm_stats)
-    if len(parts) != 2:
-        raise SystemExit(f"--norm_stats expects MEAN,STD, got {norm_stats!r}")
-    mean, std = float(parts[0]), float(parts[1])
+    parts = str(norm_stats).split(",")
+    try:
+        mean, std = (float(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--norm_stats expects MEAN,STD (two numbers), got {norm_stats!r}",
+                         "e.g. --norm_stats -4.5,4.2 (`byola stats INPUT...` prints them)") from None
     if not std > 0:
-        raise SystemExit(f"--norm_stats: std must be positive, got {std}")
+        raise UsageError(f"--norm_stats: std must be positive, got {std}")
     return mean, std
+
+
+def _model_ref(model: str | None, checkpoint: str | None, accept_license: bool) -> str | None:
+    """The model the user named; resolved (downloaded if needed) now, before torch is imported, so that an unknown
+    name or a licence to accept is reported at once."""
+    from .hub import resolve
+
+    if model is not None and checkpoint is not None:
+        raise UsageError("--model and --checkpoint both given", "pass one of them")
+    ref = model if model is not None else checkpoint
+    resolve(ref, accept_license=accept_license)
+    return ref
+
+
+def _input_files(inputs) -> list:
+    """The audio files of ``inputs`` (files, folders, path lists) by the one input listing; a problem with an
+    input is a one-line error."""
+    from .embed_job import collect_inputs
+
+    try:
+        return collect_inputs(inputs)
+    except UsageError:
+        raise
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 class Commands:
     """byola: BYOL for Audio — embed audio files, pretrain on your corpus, evaluate on downstream tasks."""
 
-    def embed(self, *inputs: str, checkpoint: str | None = None, out: str = "byola_embeddings",
-              frames: bool = False, device: str = "cpu", batch_size: int = 64, num_workers: int | None = None,
-              norm_stats: str | None = None, frontend_backend: str = "torchaudio", compile: bool = False,
-              progress: bool = True) -> None:
+    def embed(self, *inputs: str, model: str | None = None, checkpoint: str | None = None,
+              out: str = "byola_embeddings", frames: bool = False, device: str = "cpu", batch_size: int = 64,
+              num_workers: int | None = None, norm_stats: str | None = None, frontend_backend: str = "torchaudio",
+              compile: bool = False, progress: bool = True, accept_license: bool = False) -> None:
         """Embed audio files, folders (recursive) and text files listing paths.
 
         Writes OUT/embeddings.npy (float32, one row per embedded file), OUT/index.csv (file,row,status,error,
@@ -39,36 +91,45 @@ class Commands:
 
         Args:
             inputs: files, folders and .txt/.lst path lists.
-            checkpoint: a byola .safetensors checkpoint; default: the model shipped in pretrained/.
+            model: a model name from `byola models` (default: the model shipped with byola).
+            checkpoint: a byola .safetensors checkpoint or an official BYOL-A .pth file (converted in memory).
             out: output folder.
             frames: also write frame-level embeddings with timestamps (OUT/frames/*.npz).
             device: torch device, e.g. cpu or cuda.
             batch_size: files per encoder batch.
             num_workers: worker processes decoding audio (default: one per CPU core on CPU, where they also run
                 the model on one thread each, 2 with a GPU); 0 runs everything in this process.
-            norm_stats: MEAN,STD pre-normalization statistics; for checkpoints that carry none (converted official
+            norm_stats: MEAN,STD pre-normalization statistics; for checkpoints that carry none (official
                 weights), they are otherwise computed exactly from the inputs in a first pass.
             frontend_backend: log-mel backend: torchaudio (default; equal to the others within 4e-4 nats and the
                 fastest on CPU), nnaudio, librosa, or "checkpoint" for the one the model was trained with.
             compile: torch.compile the encoder (worth it for long jobs of equal-length clips).
             progress: show a progress bar.
+            accept_license: accept the licence of a downloaded model (asked once, on first download).
+
+        Examples:
+            byola embed examples/ --out emb
+            byola embed clips/ list.txt --model byol-a-v1-d2048 --out emb --frames --device cuda
+            byola embed clips/ --checkpoint runs/v2/model.safetensors --out emb
         """
+        if not inputs:
+            raise UsageError("no inputs", "give at least one audio file, folder or .txt list")
+        from .embed_job import check_options, recorded_norm_stats
+
+        check_options(batch_size=batch_size, num_workers=num_workers)
+        stats = _parse_stats(norm_stats)
+        ref = _model_ref(model, checkpoint, accept_license)
+        check_device(device)
         from .embed import load
-        from .embed_job import EmbedJobError, check_options, collect_inputs, recorded_norm_stats
         from .norm import NormStats
 
-        if not inputs:
-            raise SystemExit("byola embed: give at least one input file, folder or list")
-        try:
-            check_options(batch_size=batch_size, num_workers=num_workers)
-            files = collect_inputs(inputs)
-        except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"byola embed: {err}")
+        files = _input_files(inputs)
         if not files:
-            raise SystemExit("byola embed: no audio files found in the inputs")
-        embedder = load(checkpoint, device=device, norm_stats=_parse_stats(norm_stats),
+            raise UsageError(f"no audio files found in {', '.join(map(str, inputs))}",
+                             "give audio files or folders holding .wav .flac .ogg .mp3 .aiff .aif .opus files")
+        embedder = load(ref, device=device, norm_stats=stats,
                         frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend,
-                        compile=compile)
+                        compile=compile, accept_license=accept_license)
         if embedder.norm_stats is None:
             recorded = recorded_norm_stats(out)
             if recorded:
@@ -80,11 +141,8 @@ class Commands:
                       f"(recorded in {out} and reused when resuming)", file=sys.stderr)
                 stats = embedder.fit_norm_stats(files)
                 print(f"normalization statistics: mean={stats.mean:.6f} std={stats.std:.6f}", file=sys.stderr)
-        try:
-            summary = embedder.embed_files(files, out, batch_size=batch_size, frames=frames,
-                                           num_workers=num_workers, progress=progress)
-        except EmbedJobError as err:
-            raise SystemExit(f"byola embed: {err}")
+        summary = embedder.embed_files(files, out, batch_size=batch_size, frames=frames, num_workers=num_workers,
+                                       progress=progress)
         print(summary.describe(), file=sys.stderr)
         if summary.failed:
             raise SystemExit(1)
@@ -93,8 +151,10 @@ class Commands:
                  **overrides) -> None:
         """Pretrain an encoder with BYOL-A on your audio (or a BYOL variant on images, with an image recipe).
 
-        Writes RUN/model.safetensors (usable with `byola embed --checkpoint`), periodic checkpoints, RUN/log.csv
-        and RUN/config.yaml. Several processes: `torchrun --nproc_per_node N -m byola pretrain ...`.
+        Writes RUN/model.safetensors (usable with `byola embed --checkpoint`), periodic checkpoints, RUN/log.csv,
+        RUN/config.yaml and RUN/curves.png. Several processes: `torchrun --nproc_per_node N -m byola pretrain ...`.
+        Any recipe value can be overridden with a dotted option (--SECTION.KEY=VALUE); the recipe and the
+        overrides are checked before any data is read.
 
         Args:
             data: folders (recursive), audio files and .txt/.lst path lists; for image recipes, an image folder
@@ -103,30 +163,37 @@ class Commands:
             out: the run folder.
             resume: continue a run from its newest checkpoint; with a larger --train.steps, extend a finished one.
             overrides: recipe values, e.g. --optim.lr=1e-4 --train.batch_size=64 --model.d=512.
+
+        Examples:
+            byola pretrain my_corpus/ --recipe byola_v2 --out runs/v2
+            byola pretrain my_corpus/ --recipe byola_v1 --out runs/v1 --train.steps=2000 --train.batch_size=64
+            byola pretrain my_corpus/ --recipe byola_v2 --out runs/v2 --resume
+            torchrun --nproc_per_node 2 -m byola pretrain my_corpus/ --out runs/v2
         """
+        if not data:
+            raise UsageError("no data", "give at least one data folder, file or list")
         from .engine.trainer import dist_info
         from .pretrain import pretrain
-        from .recipe import RecipeError
 
-        if not data:
-            raise SystemExit("byola pretrain: give at least one data folder, file or list")
-        try:
-            model = pretrain(list(data), recipe, out, resume=resume, **overrides)
-        except RecipeError as err:
-            raise SystemExit(f"byola pretrain: {err}") from None
+        model = pretrain(list(data), recipe, out, resume=resume, **overrides)  # the recipe is checked first
         if dist_info().is_main:
             print(f"model written to {model}", file=sys.stderr)
 
-    def evaluate(self, *tasks: str, checkpoint: str | None = None, out: str = "byola_eval", baselines: bool = False,
-                 probe: str = "linear", seeds: int = 3, data_root: str | None = None, unit_sec: float | None = None,
-                 device: str = "cpu", batch_size: int = 64, num_workers: int = 1, fold_norm: bool = True,
-                 cache_dir: str | None = None, progress: bool = True) -> None:
-        """Score frozen embeddings on downstream tasks; writes OUT/results.csv, OUT/results.md and confusion plots.
+    def evaluate(self, *tasks: str, model: str | None = None, checkpoint: str | None = None,
+                 out: str = "byola_eval", baselines: bool = False, probe: str = "linear", seeds: int = 3,
+                 data_root: str | None = None, unit_sec: float | None = None, device: str = "cpu",
+                 batch_size: int = 64, num_workers: int = 1, fold_norm: bool = True, cache_dir: str | None = None,
+                 progress: bool = True, accept_license: bool = False) -> None:
+        """Score frozen embeddings on downstream tasks with a linear probe.
+
+        Writes OUT/results.md (a table), OUT/results.csv, OUT/results.json, OUT/scores.png and confusion matrices
+        under OUT/confusion/. Embeddings are cached in OUT/cache and reused on rerun.
 
         Args:
             tasks: built-in task names (see evaluation/README.md) or metadata CSV paths.
-            checkpoint: the model to evaluate; default: the model shipped in pretrained/.
-            out: report folder (embeddings are cached in OUT/cache and reused on rerun).
+            model: a model name from `byola models` (default: the model shipped with byola).
+            checkpoint: a byola .safetensors checkpoint or an official BYOL-A .pth file.
+            out: report folder.
             baselines: also score a randomly initialized encoder of the same architecture and log-mel statistics.
             probe: linear, mlp or knn.
             seeds: number of probe seeds (mean ± std reported).
@@ -139,29 +206,153 @@ class Commands:
                 checkpoint's own.
             cache_dir: where embeddings are cached (default OUT/cache); share it between reports to reuse them.
             progress: show progress bars.
+            accept_license: accept the licence of a downloaded model (asked once, on first download).
+
+        Examples:
+            byola evaluate fsdd_digit spcv2_12 --data_root ../shared/data --out eval --baselines
+            byola evaluate my_task.csv --unit_sec 2.0 --checkpoint runs/v2/model.safetensors --out eval_mine
         """
+        if not tasks:
+            raise UsageError("no tasks", "name at least one built-in task or metadata CSV")
+        if probe not in ("linear", "mlp", "knn"):
+            raise UsageError(f"--probe {probe!r} is not a probe", "use linear, mlp or knn")
+        if seeds < 1:
+            raise UsageError(f"--seeds {seeds}: at least one seed is needed")
+        ref = _model_ref(model, checkpoint, accept_license)
+        check_device(device)
         from .embed import load
         from .evaluation.embedders import LogMelStatsEmbedder, ModelEmbedder
         from .evaluation.run import evaluate
+        from .evaluation.tasks import load_task
 
-        if not tasks:
-            raise SystemExit("byola evaluate: name at least one task or metadata CSV")
+        for task in tasks:  # fail on a missing task before loading any model
+            load_task(task, unit_sec, None, data_root)
 
         def model_factory(random_init: int | None = None):
             def factory() -> ModelEmbedder:
-                model = load(checkpoint, device=device, random_init=random_init)
-                if not fold_norm and model.norm_stats is None:
-                    raise SystemExit("byola evaluate: --fold_norm False needs a checkpoint with statistics")
-                name = model.checkpoint_id if random_init is not None else \
-                    f"{Path(model.checkpoint_path).stem}@{model.checkpoint_id[7:19]}"
-                return ModelEmbedder(model, name=name, fold_norm=fold_norm, batch_size=batch_size)
+                embedder = load(ref, device=device, random_init=random_init, accept_license=accept_license)
+                if not fold_norm and embedder.norm_stats is None:
+                    raise UsageError("--fold_norm False needs a checkpoint with normalization statistics",
+                                     "keep --fold_norm True for official weights")
+                name = embedder.checkpoint_id if random_init is not None else \
+                    f"{embedder.model_name}@{embedder.checkpoint_id[7:19]}"
+                return ModelEmbedder(embedder, name=name, fold_norm=fold_norm, batch_size=batch_size)
             return factory
 
         extra = {"random-init": model_factory(random_init=0), "logmel-stats": LogMelStatsEmbedder} if baselines else {}
         evaluate(list(tasks), model_factory(), out, baselines=extra, data_root=data_root, unit_sec=unit_sec,
-                           seeds=tuple(range(seeds)), probe=probe, batch_size=batch_size, num_workers=num_workers,
-                           cache_dir=cache_dir, progress=progress)
+                 seeds=tuple(range(seeds)), probe=probe, batch_size=batch_size, num_workers=num_workers,
+                 cache_dir=cache_dir, progress=progress)
         print((Path(out) / "results.md").read_text())
+
+    def plot(self, folder: str, out: str | None = None) -> None:
+        """Draw the figures of a pretraining run or an evaluation report.
+
+        A run folder (with log.csv) gets curves.png: loss, EMA τ, learning rate and the batch statistics before and
+        after post-normalization per step. An evaluation folder (with results.json) gets scores.png and its
+        confusion matrices redrawn.
+
+        Args:
+            folder: a pretraining run folder or an evaluation report folder.
+            out: where to write curves.png (runs only; default FOLDER/curves.png).
+
+        Examples:
+            byola plot runs/v2
+            byola plot eval
+        """
+        root = Path(folder)
+        if (root / "log.csv").is_file():
+            from .plots import plot_run
+
+            print(f"wrote {plot_run(root, out)}", file=sys.stderr)
+        elif (root / "results.json").is_file():
+            from .evaluation.report import redraw
+
+            for path in redraw(root):
+                print(f"wrote {path}", file=sys.stderr)
+        elif not root.is_dir():
+            raise UsageError(f"{folder}: no such folder", "give a pretraining run folder or an evaluation folder")
+        else:
+            raise UsageError(f"{folder} holds neither log.csv nor results.json",
+                             "give the --out folder of `byola pretrain` or `byola evaluate`")
+
+    def models(self) -> None:
+        """List the models byola knows: the one shipped with byola and the official BYOL-A weights.
+
+        Official weights are downloaded on first use from their source into $BYOLA_CACHE (default
+        ~/.cache/byola), checked against their recorded checksum, and never re-hosted by byola. Their licence
+        (NTT, evaluation only) is shown and must be accepted once (--accept_license or BYOLA_ACCEPT_LICENSE=1).
+        Add your own models as entries of $BYOLA_CACHE/models.json.
+
+        Examples:
+            byola models
+            byola embed clips/ --model byol-a-v2-d2048 --accept_license --out emb
+        """
+        from .hub import models_table
+
+        print(models_table())
+
+    def convert(self, src: str, dst: str, norm_stats: str | None = None, norm_stats_from: str | None = None,
+                overwrite: bool = False) -> None:
+        """Convert an official BYOL-A .pth (v1 AudioNTT2020 or v2 AudioNTT2022) into a byola checkpoint file.
+
+        Not needed to use official weights: `--checkpoint FILE.pth` and `--model NAME` convert in memory.
+
+        Args:
+            src: the official file.
+            dst: the .safetensors file to write (an existing file is refused unless --overwrite; never SRC).
+            norm_stats: MEAN,STD to store in the checkpoint (official files carry none).
+            norm_stats_from: a folder, file or .txt/.lst list of audio: store the exact statistics of its log-mels
+                (what `byola stats` prints), so embeddings never depend on the files embedded with them.
+            overwrite: replace an existing DST.
+
+        Examples:
+            byola convert AudioNTT2020-BYOLA-64x96d2048.pth byola_v1_d2048.safetensors
+            byola convert AudioNTT2020-BYOLA-64x96d512.pth v1_d512.safetensors --norm_stats_from my_corpus/
+        """
+        from .checkpoint import convert_official, default_frontend_config, load_official_state_dict
+
+        if norm_stats is not None and norm_stats_from is not None:
+            raise UsageError("--norm_stats and --norm_stats_from both given", "give one of them")
+        stats = _parse_stats(norm_stats)
+        if norm_stats_from is not None:
+            from .frontend import LogMelSpectrogram
+            from .norm import compute_norm_stats
+
+            _, arch = load_official_state_dict(src)  # the log-mel the converted model will be used with
+            frontend = LogMelSpectrogram(**default_frontend_config(arch["params"]["n_mels"], "torchaudio"))
+            computed = compute_norm_stats(_input_files([norm_stats_from]), frontend, skip_errors=True)
+            stats = {"mean": computed.mean, "std": computed.std}
+            print(f"normalization statistics of {norm_stats_from}: mean={stats['mean']:.6f} "
+                  f"std={stats['std']:.6f}", file=sys.stderr)
+        elif stats:
+            stats = {"mean": stats[0], "std": stats[1]}
+        meta = convert_official(src, dst, norm_stats=stats, overwrite=overwrite)
+        print(f"wrote {dst}: {meta['encoder']['name']} {meta['encoder']['params']}, "
+              f"frontend backend {meta['frontend']['backend']}", file=sys.stderr)
+
+    def stats(self, *inputs: str, model: str | None = None, checkpoint: str | None = None,
+              accept_license: bool = False) -> None:
+        """Print exact log-mel normalization statistics (MEAN,STD) of audio inputs with a model's frontend.
+
+        Args:
+            inputs: files, folders and .txt/.lst path lists.
+            model: a model name from `byola models` (default: the model shipped with byola).
+            checkpoint: a byola .safetensors checkpoint or an official BYOL-A .pth file.
+            accept_license: accept the licence of a downloaded model.
+
+        Examples:
+            byola stats my_corpus/
+        """
+        if not inputs:
+            raise UsageError("no inputs", "give at least one audio file, folder or .txt list")
+        ref = _model_ref(model, checkpoint, accept_license)
+        from .embed import load
+
+        files = _input_files(inputs)
+        embedder = load(ref, norm_stats=(0.0, 1.0), accept_license=accept_license)
+        stats = embedder.fit_norm_stats(files)
+        print(f"{stats.mean!r},{stats.std!r}")
 
     def prepare(self, task: str, src: str, out: str, num_workers: int = 2, **options) -> None:
         """Turn a dataset's official folder layout into a metadata CSV (and 16 kHz copies where needed).
@@ -172,70 +363,260 @@ class Commands:
             out: output folder (OUT/<task>.csv).
             num_workers: processes converting audio.
             options: dataset-specific options (gtzan: --split_dir; cremad: --seed).
-        """
-        from .evaluation.prepare import prepare
 
+        Examples:
+            byola prepare esc50 /datasets/ESC-50-master data/esc50
+        """
+        from .evaluation.prepare import PREPARERS, prepare
+
+        if task not in PREPARERS:
+            raise UsageError(f"unknown dataset {task!r}", f"use one of {', '.join(PREPARERS)}")
+        accepted = list(inspect.signature(PREPARERS[task]).parameters)[1:]
+        for key in options:
+            if key not in accepted:
+                raise UsageError(f"{task} has no option --{key}",
+                                 f"its options: {', '.join('--' + a for a in accepted) or 'none'}")
+        if not Path(src).is_dir():
+            raise UsageError(f"{src}: no such folder", f"give the {task} dataset folder as downloaded")
         csv = prepare(task, src, out, num_workers=num_workers, **options)
         print(f"wrote {csv}", file=sys.stderr)
 
-    def convert(self, src: str, dst: str, norm_stats: str | None = None, norm_stats_from: str | None = None,
-                overwrite: bool = False) -> None:
-        """Convert an official BYOL-A .pth (v1 AudioNTT2020 or v2 AudioNTT2022) into a byola checkpoint.
 
-        Args:
-            src: the official file.
-            dst: the .safetensors file to write (an existing file is refused unless --overwrite; never SRC).
-            norm_stats: MEAN,STD to store in the checkpoint (official files carry none).
-            norm_stats_from: a folder, file or .txt/.lst list of audio: store the exact statistics of its log-mels
-                (what `byola stats` prints), so embeddings never depend on the files embedded with them.
-            overwrite: replace an existing DST.
-        """
-        from .checkpoint import CheckpointError, convert_official, default_frontend_config, load_official_state_dict
-
-        if norm_stats is not None and norm_stats_from is not None:
-            raise SystemExit("byola convert: give --norm_stats or --norm_stats_from, not both")
-        stats = _parse_stats(norm_stats)
-        try:
-            if norm_stats_from is not None:
-                from .embed_job import collect_inputs
-                from .frontend import LogMelSpectrogram
-                from .norm import compute_norm_stats
-
-                _, arch = load_official_state_dict(src)  # the log-mel the converted model will be used with
-                frontend = LogMelSpectrogram(**default_frontend_config(arch["params"]["n_mels"], "torchaudio"))
-                computed = compute_norm_stats(collect_inputs([norm_stats_from]), frontend, skip_errors=True)
-                stats = {"mean": computed.mean, "std": computed.std}
-                print(f"normalization statistics of {norm_stats_from}: mean={stats['mean']:.6f} "
-                      f"std={stats['std']:.6f}", file=sys.stderr)
-            elif stats:
-                stats = {"mean": stats[0], "std": stats[1]}
-            meta = convert_official(src, dst, norm_stats=stats, overwrite=overwrite)
-        except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"byola convert: {err}")
-        print(f"wrote {dst}: {meta['encoder']['name']} {meta['encoder']['params']}, "
-              f"frontend backend {meta['frontend']['backend']}", file=sys.stderr)
-
-    def stats(self, *inputs: str, checkpoint: str | None = None) -> None:
-        """Print exact log-mel normalization statistics (MEAN,STD) of audio inputs with a checkpoint's frontend."""
-        from .embed import load
-        from .embed_job import collect_inputs
-
-        try:
-            files = collect_inputs(inputs)
-        except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"byola stats: {err}")
-        embedder = load(checkpoint, norm_stats=(0.0, 1.0))
-        stats = embedder.fit_norm_stats(files)
-        print(f"{stats.mean!r},{stats.std!r}")
+# ------------------------------------------------------------------------------------------- command-line parsing
+def _commands() -> dict[str, callable]:
+    return {name: fn for name, fn in vars(Commands).items() if not name.startswith("_") and callable(fn)}
 
 
-def main() -> None:
+def _doc(fn) -> tuple[str, str, dict[str, str], list[str]]:
+    """A Google-style docstring → (summary, description, {arg: text}, example lines)."""
+    text = inspect.cleandoc(fn.__doc__ or "")
+    parts = re.split(r"^(Args|Examples):\s*$", text, flags=re.M)
+    head = parts[0].strip().split("\n\n")
+    summary, description = head[0].replace("\n", " "), "\n\n".join(head[1:])
+    sections = dict(zip(parts[1::2], parts[2::2]))
+    args: dict[str, str] = {}
+    for match in re.finditer(r"^    (\w+): (.*(?:\n {8}.*)*)", sections.get("Args", ""), flags=re.M):
+        args[match.group(1)] = " ".join(line.strip() for line in match.group(2).splitlines())
+    examples = [line.strip() for line in sections.get("Examples", "").splitlines() if line.strip()]
+    return summary, description, args, examples
+
+
+def _kind(param: inspect.Parameter) -> str:
+    """'bool' | 'int' | 'float' | 'str' from the (string) annotation."""
+    ann = str(param.annotation)
+    for kind in ("bool", "int", "float"):
+        if re.match(rf"^{kind}\b", ann):
+            return kind
+    return "str"
+
+
+def _overview() -> str:
+    summary = inspect.cleandoc(Commands.__doc__)
+    lines = ["usage: byola COMMAND [ARGS] [OPTIONS]", "", summary, "", "commands:"]
+    for name, fn in _commands().items():
+        lines.append(f"  {name:<10} {_doc(fn)[0]}")
+    lines += ["", "Run `byola COMMAND --help` for a command's options and examples.",
+              "--debug (or BYOLA_DEBUG=1) shows the Python traceback of an error."]
+    return "\n".join(lines)
+
+
+def _command_help(name: str) -> str:
+    fn = _commands()[name]
+    summary, description, args, examples = _doc(fn)
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    usage = ["byola", name]
+    positional, options = [], []
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:
+            usage.append(f"{p.name.upper()}...")
+            positional.append((f"{p.name.upper()}...", args.get(p.name, "")))
+        elif p.kind is p.VAR_KEYWORD:
+            usage.append("[--KEY=VALUE ...]")
+            options.append(("--KEY=VALUE", args.get(p.name, "")))
+        elif p.default is p.empty:
+            usage.append(p.name.upper())
+            positional.append((p.name.upper(), args.get(p.name, "")))
+        else:
+            kind = _kind(p)
+            flag = f"--{p.name}" if kind == "bool" else f"--{p.name} {p.name.upper()}"
+            if kind == "bool":
+                default = "on" if p.default else "off"
+                if p.default:
+                    flag = f"--{p.name}=false"
+            else:
+                default = None if p.default is None else p.default
+            text = args.get(p.name, "")
+            if default is not None:
+                text += f" (default: {default})"
+            options.append((flag, text))
+    options.append(("--debug", "show the Python traceback of an error"))
+    options.append(("--help", "show this help"))
+    lines = ["usage: " + " ".join(usage) + " [OPTIONS]", "", summary]
+    if description:
+        lines += ["", textwrap.fill(" ".join(description.split()), _WIDTH)]
+    col = min(max(len(f) for f, _ in positional + options) + 4, 34)
+    for title, rows in (("arguments", positional), ("options", options)):
+        if rows:
+            lines += ["", f"{title}:"]
+            for flag, text in rows:
+                wrapped = textwrap.wrap(text, _WIDTH - col) or [""]
+                first = f"  {flag:<{col - 2}}" if len(flag) < col - 3 else f"  {flag}\n" + " " * col
+                lines.append(first + wrapped[0])
+                lines += [" " * col + w for w in wrapped[1:]]
+    if examples:
+        lines += ["", "examples:"] + [f"  {e}" for e in examples]
+    return "\n".join(lines)
+
+
+_TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
+
+
+def _convert(option: str, kind: str, value: str, optional: bool):
+    """Check one option value against its type; the Python value fire will receive."""
+    if optional and value.lower() == "none":
+        return None
+    try:
+        if kind == "bool":
+            if value.lower() in _TRUE | _FALSE:
+                return value.lower() in _TRUE
+            raise ValueError
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError:
+        expected = {"bool": "true or false", "int": "an integer", "float": "a number"}[kind]
+        raise UsageError(f"--{option} expects {expected}, got {value!r}") from None
+    return value
+
+
+def _unknown(option: str, known: list[str], command: str) -> UsageError:
+    close = difflib.get_close_matches(option, known, n=1)
+    return UsageError(f"unknown option --{option}" + (f" (did you mean --{close[0]}?)" if close else ""),
+                      f"see `byola {command} --help`")
+
+
+def check_command_line(command: str, args: list[str]) -> list[str]:
+    """Check ``args`` of ``command`` against its signature; return them as fire should receive them.
+
+    Raises :class:`UsageError` for an unknown option, a value of the wrong type, a missing value or argument, or
+    too many arguments. Every value is passed on as a Python literal, so fire's own parsing cannot change it.
+    """
+    fn = _commands()[command]
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    named = {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    var_pos = next((p for p in params if p.kind is p.VAR_POSITIONAL), None)
+    var_kw = next((p for p in params if p.kind is p.VAR_KEYWORD), None)
+    given: dict[str, object] = {}
+    passthrough: list[str] = []
+    positionals: list[str] = []
+    i, only_positionals = 0, False
+    while i < len(args):
+        token = args[i]
+        i += 1
+        if only_positionals or not token.startswith("-") or re.fullmatch(r"-[\d.]+(e-?\d+)?", token):
+            positionals.append(token)
+            continue
+        if token == "--":
+            only_positionals = True
+            continue
+        if not token.startswith("--"):
+            raise UsageError(f"unknown option {token}", f"options are spelt out in full: see `byola {command} --help`")
+        name, eq, value = token[2:].partition("=")
+        key = name.replace("-", "_")
+        has_value = bool(eq) or (i < len(args) and not args[i].startswith("--"))
+        if key in named:
+            p = named[key]
+            kind = _kind(p)
+            if kind == "bool" and not eq:
+                if i < len(args) and args[i].lower() in _TRUE | _FALSE:
+                    value, i = args[i], i + 1
+                else:
+                    value = "true"
+            elif not eq:
+                if not has_value:
+                    raise UsageError(f"--{key} needs a value", f"e.g. --{key} {key.upper()}")
+                value, i = args[i], i + 1
+            if key in given:
+                raise UsageError(f"--{key} given twice", "give it once")
+            given[key] = _convert(key, kind, value, "None" in str(p.annotation))
+        elif key.startswith("no") and key[2:] in named and _kind(named[key[2:]]) == "bool" and not eq:
+            given[key[2:]] = False
+        elif var_kw is not None and not (difflib.get_close_matches(key, list(named), n=1, cutoff=0.8)
+                                         and "." not in key):
+            # recipe overrides / dataset options: checked by the command against the recipe or dataset
+            if not eq:
+                value = "true"
+                if has_value:
+                    value, i = args[i], i + 1
+            passthrough.append(f"--{name}={value}")
+        else:
+            raise _unknown(key, list(named), command)
+    required = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+                and p.name not in given]
+    for p in required:
+        if not positionals:
+            raise UsageError(f"missing {p.name.upper()}", f"usage: see `byola {command} --help`")
+        given[p.name] = positionals.pop(0)
+    if positionals and var_pos is None:
+        raise UsageError(f"unexpected argument {positionals[0]!r}", f"see `byola {command} --help`")
+    ordered = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
+    out = [repr(given.pop(name)) for name in ordered] + [repr(v) for v in positionals]
+    out += [f"--{k}={v!r}" for k, v in given.items()] + passthrough
+    return out
+
+
+def _run(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        topic = argv[1] if len(argv) > 1 and argv[0] == "help" else None
+        print(_command_help(topic) if topic in _commands() else _overview())
+        return
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(f"byola {__version__}")
+        return
+    command, args = argv[0], argv[1:]
+    if command not in _commands():
+        close = difflib.get_close_matches(command, list(_commands()), n=1)
+        raise UsageError(f"unknown command {command!r}" + (f" (did you mean {close[0]}?)" if close else ""),
+                         "`byola --help` lists the commands")
+    before_separator = args[:args.index("--")] if "--" in args else args
+    if "--help" in before_separator or "-h" in before_separator:
+        print(_command_help(command))
+        return
+    checked = check_command_line(command, args)
+    import fire  # after the checks: fire (with asyncio) takes longer to import than the help takes to print
+
+    fire.Fire(Commands, command=[command] + checked, name="byola")
+
+
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def main(argv: list[str] | None = None) -> None:
     """Console entry point. Keeps freed memory in the process heap (`byola.runtime.keep_freed_memory`): every
     command here allocates large tensors over and over, which glibc would otherwise map and page-fault anew."""
     from .runtime import keep_freed_memory
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(_DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    prefix = f"byola {argv[0]}" if argv and not argv[0].startswith("-") else "byola"
     keep_freed_memory()
-    fire.Fire(Commands, name="byola")
+    try:
+        _run(argv)
+    except (UsageError, *_FILE_ERRORS) as err:
+        if debug:
+            raise
+        text = str(err) if isinstance(err, UsageError) or not err.filename else f"{err.filename}: {err.strerror}"
+        print(f"{prefix}: error: {text}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

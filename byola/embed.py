@@ -11,7 +11,6 @@ embeddings exactly as the encoder does (max over time + mean over time), with ru
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from .audio import resample
-from .checkpoint import load_checkpoint
+from .checkpoint import load_any
 from .files import file_sha256
 from .frontend import LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
@@ -197,8 +196,10 @@ def pool_frames(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          norm_stats: NormStats | tuple[float, float] | None = None, optimize: bool = True,
          frontend_backend: str | None = "torchaudio", random_init: int | None = None,
-         compile: bool = False) -> Embedder:
-    """Load a byola checkpoint (default: the model shipped in `pretrained/`) as an `Embedder`.
+         compile: bool = False, accept_license: bool = False) -> Embedder:
+    """Load a model as an `Embedder`: a model name from `byola.hub` (default: the model shipped in `pretrained/`;
+    official weights are downloaded once, which needs `accept_license=True` the first time), a byola
+    `.safetensors` checkpoint or an official BYOL-A `.pth` file (converted in memory).
 
     `norm_stats` overrides the checkpoint's statistics; a checkpoint without statistics (a converted official file)
     needs them here or from `Embedder.fit_norm_stats`. `frontend_backend` picks the log-mel backend; None keeps the
@@ -208,8 +209,10 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     `random_init=SEED` replaces the weights with a random initialization of the same architecture (seeded): the
     baseline a trained model must beat.
     """
-    path = Path(path) if path is not None else default_checkpoint()
-    encoder, meta = load_checkpoint(path)
+    from .hub import model_name, resolve
+
+    ref, path = path, resolve(path, accept_license=accept_license)
+    encoder, meta = load_any(path)
     if random_init is not None:
         torch.manual_seed(random_init)
         encoder = build_encoder(meta["encoder"]["name"], **meta["encoder"]["params"]).eval()
@@ -227,6 +230,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize, compile=compile).to(device)
     embedder.norm_stats_source = source
     embedder.checkpoint_path = str(path)
+    embedder.model_name = model_name(ref)
     if random_init is None:
         embedder.checkpoint_id = f"sha256:{file_sha256(path)}"
     else:  # caches keyed by this id must not mix random encoders of different architectures or frontends
@@ -237,11 +241,9 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
 
 def default_checkpoint() -> Path:
     """The model shipped in the repository's `pretrained/` folder (installed as the package `byola.pretrained`)."""
-    folder = Path(str(importlib.resources.files("byola.pretrained")))
-    found = sorted(folder.glob("*.safetensors"))
-    if not found:
-        raise FileNotFoundError(f"no default model in {folder}: pass a checkpoint explicitly")
-    return found[0]
+    from .hub import shipped_checkpoint
+
+    return shipped_checkpoint()
 
 
 _JOB_NAMES = ("embed_files", "collect_inputs", "read_embeddings", "EmbedSummary", "EmbedOutput", "EmbedJobError",

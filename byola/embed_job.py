@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from . import embed as _embed
 from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio_if_shorter, stream_audio
 from .embed import Embedder, pool_frames
+from .errors import UsageError
 from .files import FolderBusy, FolderLock, atomic_write_text, atomic_writer, file_sha256, fsync_dir, list_inputs
 
 INDEX_COLUMNS = ["file", "row", "status", "error", "duration_s"]
@@ -39,7 +40,7 @@ _CPU_WORKER_CHUNK = 32
 _SHOWN_FAILURES = 5
 
 
-class EmbedJobError(ValueError):
+class EmbedJobError(UsageError):
     """A job that cannot run as asked (bad option, output folder busy or made with other settings); ``str()`` is
     one line for the user."""
 

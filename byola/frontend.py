@@ -20,6 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from byola.extras import optional_module
+
+librosa = optional_module("librosa", "librosa")  # the `librosa` extra: the librosa backend only
+
 BACKENDS = ("nnaudio", "torchaudio", "librosa")
 EPS = float(torch.finfo(torch.float32).eps)
 
@@ -71,6 +75,8 @@ class LogMelSpectrogram(nn.Module):
         elif backend == "torchaudio":
             self.melspec = _BandedMelSpectrogram(self.sample_rate, n_fft, win_length, hop_length, self.f_min,
                                                  self.f_max, n_mels, self.power)
+        else:
+            librosa.feature  # fail now, not at the first forward, when the `librosa` extra is missing
 
         if self.melspec is not None:
             # Windows, STFT kernels and filters are derived from config(): keep them out of the state dict (it stays
@@ -163,8 +169,6 @@ class LogMelSpectrogram(nn.Module):
         return torch.log(mel + self.eps)
 
     def _librosa(self, wave: torch.Tensor) -> torch.Tensor:
-        import librosa
-
         y = wave.detach().to("cpu", torch.float32).numpy()
         mel = librosa.feature.melspectrogram(
             y=y, sr=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,

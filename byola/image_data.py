@@ -11,8 +11,11 @@ from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
-from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
+
+from byola.extras import optional_module
+
+Image = optional_module("PIL.Image", "image")  # the `image` extra
+TF = optional_module("torchvision.transforms.v2.functional", "image")
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "TorchvisionImages", "build_image_dataset"]
 
@@ -56,7 +59,7 @@ class ImageFolderDataset(Dataset):
         try:
             with Image.open(path) as pil:
                 img = TF.pil_to_tensor(pil.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, Image.UnidentifiedImageError, ValueError) as e:
             raise ValueError(f"{path}: cannot decode image: {e}") from None
         if self.size is not None:
             img = TF.center_crop(TF.resize(img, self.size, antialias=True), [self.size, self.size])

@@ -30,6 +30,7 @@ import byola
 from byola.checkpoint import save_checkpoint
 from byola.engine.trainer import Trainer, default_device, dist_info, init_distributed, latest_checkpoint
 from byola.modalities import PipelineContext
+from byola.plots import plot_run
 from byola.recipe import Recipe, check_corpus_size, load, resume_changes
 
 __all__ = ["pretrain"]
@@ -167,6 +168,8 @@ def _run(data: Sequence[str] | str, cfg: Recipe, recipe_name: str, out_dir: Path
         log.info("training %s (%s, %s) for %d steps (%d batches of %d per epoch per process) on %s", recipe_name,
                  cfg.modality, spec.name, trainer.total_steps, trainer.batches_per_epoch, trainer.batch_size, device)
         trainer.fit(resume=resume)
+        if info.is_main:
+            plot_run(out_dir)  # curves.png: loss, tau, lr and batch statistics from log.csv
         return out_dir / "model.safetensors"
     finally:
         if created_group:

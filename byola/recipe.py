@@ -28,8 +28,10 @@ from torch import nn
 from byola.engine.methods import MethodSpec, build_method, get_method, method_spec_overrides
 from byola.engine.optim import LARS
 from byola.engine.trainer import AMP_MODES, LR_SCHEDULES, Trainer
+from byola.errors import UsageError
 from byola.modalities import MODALITIES, Modality
 from byola.models import build_encoder
+from byola.runtime import check_device
 
 __all__ = ["RecipeError", "Recipe", "TrainSection", "NamedSection", "RECIPES_DIR", "OPTIMIZERS", "RESUMABLE",
            "load_recipe", "resolve_config", "load", "parse_section", "resume_changes", "check_corpus_size"]
@@ -44,7 +46,7 @@ RESUMABLE = ("train.steps", "train.epochs", "train.progress", "train.device", "t
              "train.keep_checkpoints", "train.prefetch_factor", "data.num_workers", "data.cache_dir")
 
 
-class RecipeError(ValueError):
+class RecipeError(UsageError):
     """A recipe value that cannot work; ``str()`` is one line naming the key."""
 
 
@@ -343,6 +345,8 @@ class Recipe:
             self.optimizer([nn.Parameter(torch.zeros(1))])
         except (TypeError, ValueError) as err:
             raise RecipeError(f"optim {self.optim.to_dict()}: {err}") from None
+        if self.train.device is not None:
+            check_device(self.train.device, option="--train.device")
 
 
 def check_corpus_size(recipe: Recipe, items: int, world_size: int) -> None:

@@ -1,8 +1,10 @@
-"""Process-wide settings for running byola on a CPU."""
+"""Process-wide settings: CPU memory behaviour, and the check that a requested device exists."""
 from __future__ import annotations
 
 import ctypes
 import platform
+
+from .errors import UsageError
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -27,3 +29,21 @@ def keep_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
     libc = ctypes.CDLL("libc.so.6")
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, max_block_bytes)) and \
         bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """Refuse a device PyTorch cannot use, before any work: a :class:`UsageError` naming ``option``."""
+    import torch  # here, not at import: the CLI imports this module before it needs torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"{option} {device!r} is not a torch device", "use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{option} {device}: PyTorch sees no CUDA GPU here",
+                         f"use {option} cpu, or install a CUDA build of PyTorch on a machine with a GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"{option} {device}: only {torch.cuda.device_count()} GPU(s) visible",
+                         f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"{option} {device}: MPS is not available here", f"use {option} cpu")

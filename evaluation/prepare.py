@@ -25,13 +25,15 @@ import torch
 import torchaudio
 from tqdm.auto import tqdm
 
+from byola.errors import UsageError
+
 SAMPLE_RATE = 16000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".au", ".aiff", ".aif", ".mp3")
 CREMAD_EMOTIONS = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
 
 
-class PrepareError(ValueError):
+class PrepareError(UsageError):
     """The source folder does not have the dataset's expected layout; the message says what is missing."""
 
 

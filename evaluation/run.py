@@ -157,7 +157,7 @@ def embed_fold(task: Task, fold: Fold, embedder: ClipEmbedder, cache_dir: Path, 
     array = None
     start = 0
     try:
-        for batch in tqdm(batches(np.arange(len(task))), desc=f"{task.name} {fold.name}: embed", unit="batch",
+        for batch in tqdm(batches(np.arange(len(task))), desc=f"{embedder.name} {task.name} {fold.name}: embed", unit="batch",
                           disable=not progress, leave=False):
             emb = embedder.embed_clips(batch).detach().float().cpu().numpy()
             if array is None:
@@ -213,7 +213,7 @@ def run_task(task: Task, embedder: ClipEmbedder, cache_dir: str | os.PathLike, *
     warnings: list[str] = []
     per_fold: list[list[Trial]] = []
     hits = 0
-    for fold in tqdm(folds, desc=f"{task.name}", unit="fold", disable=not progress or len(folds) == 1):
+    for fold in tqdm(folds, desc=f"{embedder.name} {task.name}", unit="fold", disable=not progress or len(folds) == 1):
         emb, _, hit = embed_fold(task, fold, embedder, Path(cache_dir), crop_seed=crop_seed, batch_size=batch_size,
                                  num_workers=num_workers, audio_loader=audio_loader, progress=progress)
         hits += hit

@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from byola.errors import UsageError
+
 METRICS = ("accuracy", "mAP")
 SPLITS = ("train", "valid", "test")
 SPEC_DIR = Path(__file__).with_name("tasks")
 
 
-class TaskError(ValueError):
+class TaskError(UsageError):
     """A task's spec or metadata CSV is unusable; the message says why."""
 
 

@@ -177,8 +177,8 @@ def test_cli_recipe_error_is_one_line(tmp_path: Path) -> None:
 
     done = subprocess.run([sys.executable, "-m", "byola", "pretrain", str(tmp_path), "--train.steps=0",
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and done.stderr.strip().splitlines() == [
-        "byola pretrain: train.steps must be >= 1, got 0"]
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "byola pretrain: error: train.steps must be >= 1, got 0"]
 
 
 def test_resume_with_changed_hyperparameters_is_refused(corpus: Path, tmp_path: Path) -> None:

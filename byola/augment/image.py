@@ -18,7 +18,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
+
+from byola.extras import optional_module
+
+TF = optional_module("torchvision.transforms.v2.functional", "image")  # the `image` extra
 
 from byola.augment import _common
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet18, resnet50
 
+from byola.extras import optional_module
 from byola.models.base import EncoderBase
+
+_tv_models = optional_module("torchvision.models", "image")  # the `image` extra
 
 __all__ = ["ResNet18CIFAR", "ResNet18", "ResNet50", "SmallCNN", "IMAGE_ENCODERS"]
 
@@ -37,7 +39,7 @@ def _positions(features: torch.Tensor) -> torch.Tensor:
 class _TorchvisionResNet(EncoderBase):
     """A torchvision ResNet with ``fc`` replaced by the identity (the pooled features are the embedding)."""
 
-    _builder = staticmethod(resnet18)
+    _builder = "resnet18"  # torchvision.models builder
     _cifar_stem = False
 
     def __init__(self, in_channels: int = 3, zero_init_residual: bool = False) -> None:
@@ -45,7 +47,7 @@ class _TorchvisionResNet(EncoderBase):
         if in_channels < 1:
             raise ValueError(f"in_channels must be positive, got {in_channels}")
         self.hparams = {"in_channels": int(in_channels), "zero_init_residual": bool(zero_init_residual)}
-        net = self._builder(weights=None, zero_init_residual=zero_init_residual)
+        net = getattr(_tv_models, self._builder)(weights=None, zero_init_residual=zero_init_residual)
         if self._cifar_stem or in_channels != 3:
             k, s, p = (3, 1, 1) if self._cifar_stem else (7, 2, 3)
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=k, stride=s, padding=p, bias=False)
@@ -89,7 +91,7 @@ class ResNet50(_TorchvisionResNet):
     """ResNet-50, ImageNet stem, 2048-d."""
 
     name = "resnet50"
-    _builder = staticmethod(resnet50)
+    _builder = "resnet50"
 
 
 class SmallCNN(EncoderBase):

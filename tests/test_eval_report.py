@@ -1,0 +1,67 @@
+"""Evaluation reports: results.md renders as a GitHub table, one seed shows no spread, results.json redraws the
+pictures (scores.png, confusion matrices); curves.png of a pretraining log."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from byola.evaluation.report import redraw, write_report
+from byola.evaluation.run import TaskResult
+from byola.plots import plot_run
+
+
+def _result(task: str, label: str, score: float, seeds: int, n_classes: int = 4) -> TaskResult:
+    rng = np.random.default_rng(len(label))
+    y_true = rng.integers(0, n_classes, 60).tolist()
+    return TaskResult(task=task, metric="accuracy", score=score, std=1.5 if seeds > 1 else 0.0, n_train=40,
+                      n_valid=10, n_test=60, checkpoint=label, seed_count=seeds, lr=1e-3, probe="linear",
+                      hyper_name="lr", hyper=1e-3, n_folds=1, n_classes=n_classes, unit_sec=1.0,
+                      seed_scores=[score] * seeds, valid_score=score, lr_grid=[1e-3], wall_sec=1.0, cache_hits=0,
+                      label=label, classes=[f"c{i}" for i in range(n_classes)], y_true=y_true,
+                      y_pred=[(y + (i % 3 == 0)) % n_classes for i, y in enumerate(y_true)])
+
+
+def _table_rows(md: str) -> list[list[str]]:
+    """The first table of a markdown text, split into cells the way GitHub does (an escaped \\| is no border)."""
+    lines = [l for l in md.split("\n\n")[2].splitlines()]
+    return [[c.strip() for c in __import__("re").split(r"(?<!\\)\|", l)[1:-1]] for l in lines]
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_results_md_is_a_table_and_one_seed_has_no_spread(tmp_path, seeds):
+    results = [_result("fsdd_digit", "ckpt|v1@abc", 80.0, seeds), _result("fsdd_digit", "random-init", 50.0, seeds)]
+    write_report(results, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    rows = _table_rows(md)
+    assert all(len(r) == 4 for r in rows), rows  # task, metric and two embedders in every row
+    assert rows[0][2] == "ckpt\\|v1@abc"
+    assert rows[2][2] == ("80.00" if seeds == 1 else "80.00 ± 1.50")
+    assert ("±" in md.split("|")[0]) == (seeds > 1)  # the heading names the spread only when there is one
+
+
+def test_results_json_redraws_scores_and_confusion_matrices(tmp_path):
+    results = [_result(t, l, s, 3, n) for t, n in (("a", 4), ("b", 30)) for l, s in (("model", 70.0), ("base", 40.0))]
+    write_report(results, tmp_path)
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert records[0]["classes"] == ["c0", "c1", "c2", "c3"] and len(records[0]["y_pred"]) == 60
+    first = {p: p.stat().st_size for p in tmp_path.rglob("*.png")}
+    assert tmp_path / "scores.png" in first and len(first) == 5
+    for p in first:
+        p.unlink()
+    written = redraw(tmp_path)
+    assert sorted(written) == sorted(first)
+
+
+def test_curves_png_from_a_pretraining_log(tmp_path):
+    columns = ["step", "epoch", "loss", "tau", "lr", "views_mean_before", "views_std_before", "views_mean_after",
+               "views_std_after", "lms_mean", "lms_std"]
+    with open(tmp_path / "log.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for step in range(1, 101):
+            writer.writerow([step, 0, 4 / step ** 0.5, 0.99 + 0.0001 * step, 1e-4, 0.1, 0.9, 0.0, 1.0, 0.0, 1.0])
+    path = plot_run(tmp_path)
+    assert path == tmp_path / "curves.png" and path.stat().st_size > 10_000
