@@ -73,6 +73,7 @@ class TrainSection:
     warmup_steps: int = field(default=_trainer_default("warmup_steps"), metadata={"min": 0})
     min_lr_ratio: float = field(default=_trainer_default("min_lr_ratio"), metadata={"min": 0})
     accum_steps: int = field(default=_trainer_default("accum_steps"), metadata={"min": 1})
+    sync_bn: bool = _trainer_default("sync_bn")
     amp: Literal[AMP_MODES] = _trainer_default("amp")
     grad_clip: float | None = field(default=_trainer_default("grad_clip"), metadata={"min": 0})
     checkpoint_every: int = field(default=_trainer_default("checkpoint_every"), metadata={"min": 1})

@@ -2,11 +2,13 @@
 plus a command line so tests can run the trainer in subprocesses (SIGKILL/resume, torchrun).
 
     python tests/trainer_toy.py RUN_DIR --steps 12 --checkpoint-every 4 [--resume] [--hang-after N] [--weights F]
+        [--engine byol] [--views fixed] [--sync-bn] [--hang-rank R]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -67,6 +69,20 @@ class ToyViews(nn.Module):
         return views, {"mean_before": x.mean(), "std_before": x.std()}
 
 
+def fixed_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """Two views that are a pure function of each sample (no randomness, no batch coupling): with them, P processes
+    with batch B see exactly the samples and views of one process with batch P * B."""
+    return [x, 0.5 * x.flip(-1) + 0.1]
+
+
+def byol_engine() -> nn.Module:
+    """byola's own BYOL engine on a tiny encoder, BatchNorm in encoder, projector and predictor."""
+    from byola.engine.methods import build_method
+
+    encoder = nn.Sequential(nn.Linear(DIM, 16), nn.BatchNorm1d(16), nn.ReLU())
+    return build_method("byol", encoder, 16, projector_hidden=16, projector_dim=8, predictor_hidden=16)
+
+
 class ToyData(torch.utils.data.Dataset):
     """Fixed vectors plus per-(seed, epoch, index) jitter, like random crops."""
 
@@ -86,7 +102,8 @@ class ToyData(torch.utils.data.Dataset):
 
 
 def run(run_dir: str | Path, steps: int = 12, checkpoint_every: int = 4, batch_size: int = 4, workers: int = 0,
-        resume: bool = False, hang_after: int | None = None, device: str | None = None) -> ToyBYOL:
+        resume: bool = False, hang_after: int | None = None, device: str | None = None, engine: str = "toy",
+        views: str = "toy", sync_bn: bool = False, hang_rank: int = 0, optim: str = "adam") -> nn.Module:
     """Train the toy in deterministic mode (as a test would in a fresh process) and return the model."""
     from byola.engine.trainer import Trainer, dist_info
 
@@ -94,7 +111,7 @@ def run(run_dir: str | Path, steps: int = 12, checkpoint_every: int = 4, batch_s
     torch.use_deterministic_algorithms(True)
     try:
         torch.manual_seed(0)
-        model = ToyBYOL()
+        model = ToyBYOL() if engine == "toy" else byol_engine()
         rank = dist_info().rank
         run_dir = Path(run_dir)
 
@@ -102,13 +119,17 @@ def run(run_dir: str | Path, steps: int = 12, checkpoint_every: int = 4, batch_s
             (run_dir / f"export-rank{dist_info().rank}-step{step}").write_text(str(final))
 
         def on_step(step: int, row: dict) -> None:
-            if hang_after is not None and step == hang_after and rank == 0:
-                (run_dir / "hanging").write_text(str(step))
+            if hang_after is not None and step == hang_after and rank == hang_rank:
+                (run_dir / "hanging").write_text(str(os.getpid()))
                 time.sleep(600)
 
-        trainer = Trainer(model, lambda p: torch.optim.Adam(p, lr=1e-2), ToyData(), ToyViews(seed=rank), run_dir,
+        make_views = ToyViews(seed=rank) if views == "toy" else fixed_views
+        optimizer = (lambda p: torch.optim.Adam(p, lr=1e-2)) if optim == "adam" else (
+            lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+        trainer = Trainer(model, optimizer, ToyData(), make_views, run_dir,
                           batch_size=batch_size, steps=steps, checkpoint_every=checkpoint_every, warmup_steps=2,
-                          num_workers=workers, export=export, on_step=on_step, progress=False, device=device)
+                          num_workers=workers, export=export, on_step=on_step, progress=False, device=device,
+                          sync_bn=sync_bn)
         trainer.fit(resume=resume)
         return model
     finally:
@@ -128,10 +149,16 @@ def main() -> None:
     ap.add_argument("--hang-after", type=int, default=None)
     ap.add_argument("--weights", default=None, help="save the final state_dict here ({rank} is replaced)")
     ap.add_argument("--device", default=None, help="Trainer device (default: cuda:LOCAL_RANK when available)")
+    ap.add_argument("--engine", choices=("toy", "byol"), default="toy", help="ToyBYOL or byola's BYOL engine")
+    ap.add_argument("--views", choices=("toy", "fixed"), default="toy", help="ToyViews or fixed_views")
+    ap.add_argument("--sync-bn", action="store_true")
+    ap.add_argument("--optim", choices=("adam", "sgd"), default="adam",
+                    help="Adam 1e-2, or SGD 0.1 with momentum 0.9 (no per-element normalization of rounding noise)")
+    ap.add_argument("--hang-rank", type=int, default=0, help="the rank that hangs after --hang-after steps")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = run(args.run_dir, args.steps, args.checkpoint_every, args.batch_size, args.workers, args.resume,
-                args.hang_after, args.device)
+                args.hang_after, args.device, args.engine, args.views, args.sync_bn, args.hang_rank, args.optim)
     if args.weights:
         torch.save(model.state_dict(), args.weights.format(rank=dist_info().rank))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from byola.augment import _common
@@ -38,13 +39,18 @@ class MixupBank(nn.Module):
 
     The bank is a ring buffer tensor ``[bank_size, *sample_shape]`` allocated on the data's device at the first push;
     ``bank``, ``count`` (filled slots) and ``ptr`` (next write slot) are buffers, so ``state_dict`` round-trips the
-    whole memory and a resumed run continues identically (restore the generator's state as well). Under distributed
-    data parallel each process keeps its own bank of its own samples. BYOL-A v1 uses ``ratio=0.4``, v2
-    ``ratio=0.2``.
+    whole memory and a resumed run continues identically (restore the generator's state as well). BYOL-A v1 uses
+    ``ratio=0.4``, v2 ``ratio=0.2``.
+
+    Several processes (``torch.distributed`` initialized, e.g. under torchrun): with ``global_bank=False`` each process
+    keeps a bank of its own samples only; with ``global_bank=True`` :meth:`push` all-gathers the batches of every
+    process (rank order; equal batch sizes) and every process pushes all of them, so all banks hold the same FIFO of
+    the last ``bank_size`` samples of the global batch stream, as one process with the global batch would. Each
+    process still draws its own partners and ratios from its own generator.
     """
 
     def __init__(self, ratio: float = 0.4, bank_size: int = 2048, log_mixup_exp: bool = True,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, global_bank: bool = False) -> None:
         super().__init__()
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"mixup ratio must be in [0, 1], got {ratio}")
@@ -54,6 +60,7 @@ class MixupBank(nn.Module):
         self.bank_size = int(bank_size)
         self.log_mixup_exp = bool(log_mixup_exp)
         self.generator = generator
+        self.global_bank = bool(global_bank)
         self.register_buffer("bank", torch.empty(0))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
@@ -63,7 +70,7 @@ class MixupBank(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"ratio={self.ratio}, bank_size={self.bank_size}, log_mixup_exp={self.log_mixup_exp}, "
-                f"filled={self._count}")
+                f"global_bank={self.global_bank}, filled={self._count}")
 
     @property
     def filled(self) -> int:
@@ -96,8 +103,13 @@ class MixupBank(nn.Module):
 
     @torch.no_grad()
     def push(self, x: torch.Tensor) -> None:
-        """Append the samples of ``x`` to the bank (oldest entries are overwritten once it is full)."""
+        """Append the samples of ``x`` (with ``global_bank``: of every process's ``x``) to the bank (oldest entries
+        are overwritten once it is full)."""
         _check_logmel(x, "MixupBank")
+        if self.global_bank and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, x.detach().contiguous())
+            x = torch.cat(parts)
         shape = (self.bank_size, *x.shape[1:])
         if self._count == 0 and (tuple(self.bank.shape) != shape or self.bank.device != x.device):
             self.bank = torch.zeros(shape, dtype=x.dtype, device=x.device)
@@ -293,19 +305,20 @@ class AudioViews(nn.Module):
 
     @classmethod
     def byola(cls, version: str = "v2", *, n_views: int = 2, mixup_ratio: float | None = None,
-              bank_size: int = 2048, log_mixup_exp: bool = True,
+              bank_size: int = 2048, log_mixup_exp: bool = True, mixup_global: bool = False,
               virtual_crop_scale: tuple[float, float] = (1.0, 1.5), freq_scale: tuple[float, float] = (0.6, 1.5),
               time_scale: tuple[float, float] = (0.6, 1.5), fader_gain: float | None = None, post_norm: bool = True,
               generator: torch.Generator | None = None) -> "AudioViews":
         """BYOL-A's recipe: v1 = Mixup 0.4 + RRC; v2 = Mixup 0.2 + RRC + Random Linear Fader (gain 1.0).
-        ``mixup_ratio`` / ``fader_gain`` override the version's values (``fader_gain=0`` disables the fader)."""
+        ``mixup_ratio`` / ``fader_gain`` override the version's values (``fader_gain=0`` disables the fader);
+        ``mixup_global`` is :class:`MixupBank`'s ``global_bank``."""
         if version not in ("v1", "v2"):
             raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
         if mixup_ratio is None:
             mixup_ratio = 0.4 if version == "v1" else 0.2
         if fader_gain is None:
             fader_gain = 0.0 if version == "v1" else 1.0
-        return cls(MixupBank(mixup_ratio, bank_size, log_mixup_exp, generator=generator),
+        return cls(MixupBank(mixup_ratio, bank_size, log_mixup_exp, generator=generator, global_bank=mixup_global),
                    RandomResizeCrop(virtual_crop_scale, freq_scale, time_scale, generator=generator),
                    RandomLinearFader(fader_gain, generator=generator) if fader_gain > 0 else None,
                    n_views=n_views, post_norm=post_norm)

@@ -42,6 +42,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from byola.engine.sync_bn import convert_sync_batchnorm
+
 __all__ = ["Trainer", "LR_SCHEDULES", "AMP_MODES", "WarmupCosine", "DistInfo", "dist_info", "init_distributed", "default_device", "atomic_save",
            "latest_checkpoint"]
 
@@ -299,6 +301,11 @@ class Trainer:
         progress: show a tqdm bar (rank 0).
         sync_timing: synchronize CUDA around ``make_views`` so that ``views_s`` is exact (costs a little speed).
         find_unused_parameters: passed to DistributedDataParallel.
+        sync_bn: with more than one process, convert every BatchNorm layer of ``model`` (encoder, projector,
+            predictor, targets) to synchronized BatchNorm (:func:`byola.engine.sync_bn.convert_sync_batchnorm`:
+            torch's ``SyncBatchNorm`` on CUDA, ``PortableSyncBatchNorm`` on CPU) before wrapping it in DDP, so batch
+            statistics (and their gradients) span the global batch: ``P`` processes with ``batch_size`` B train like
+            one process with ``P * B``. No effect on one process.
     """
 
     def __init__(self, model: nn.Module,
@@ -311,7 +318,7 @@ class Trainer:
                  on_step: Callable[[int, dict[str, float]], None] | None = None, num_workers: int = 0,
                  collate_fn: Callable | None = None, pin_memory: bool | None = None, prefetch_factor: int | None = None,
                  device: str | torch.device | None = None, progress: bool = True, sync_timing: bool = False,
-                 find_unused_parameters: bool = False) -> None:
+                 find_unused_parameters: bool = False, sync_bn: bool = False) -> None:
         if (epochs is None) == (steps is None):
             raise ValueError("give exactly one of epochs= or steps=")
         if lr_schedule not in LR_SCHEDULES:
@@ -333,6 +340,7 @@ class Trainer:
         self.prefetch_factor = prefetch_factor
         self.progress, self.sync_timing = progress, sync_timing
         self.find_unused_parameters = find_unused_parameters
+        self.sync_bn = bool(sync_bn)
         self._optimizer_arg = optimizer
         self._epochs, self._steps = epochs, steps
 
@@ -522,6 +530,8 @@ class Trainer:
 
         net: nn.Module = model
         if self.dist.world_size > 1:
+            if self.sync_bn:  # in place: parameters, buffers and state-dict keys are kept
+                convert_sync_batchnorm(model)
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.find_unused_parameters)

@@ -98,6 +98,7 @@ class AudioAugment:
     mixup_ratio: float | None = _VIEWS["mixup_ratio"]
     bank_size: int = field(default=_VIEWS["bank_size"], metadata={"min": 1})
     log_mixup_exp: bool = _VIEWS["log_mixup_exp"]
+    mixup_global: bool = _VIEWS["mixup_global"]
     virtual_crop_scale: tuple[float, float] = _VIEWS["virtual_crop_scale"]
     freq_scale: tuple[float, float] = _VIEWS["freq_scale"]
     time_scale: tuple[float, float] = _VIEWS["time_scale"]
