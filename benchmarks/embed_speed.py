@@ -9,12 +9,32 @@ For AudioNTT2020 d=512 (random weights: speed does not depend on them) it prints
   (c) `embed_files` end to end (decoding, resampling, frontend, model) on spcv2_12 and esc50_f4;
 (b)'s embed line and (c) run with `byola.runtime.keep_freed_memory()`, as the `byola` command does;
 and with --hour, the peak resident memory of `byola embed` on a generated one-hour file, next to the same
-command on a one-minute file.
+command on a one-minute file. It starts with the CPU model and whether it has native bf16 (byola.precision).
+
+  --precision  (e) the optimized encoder in fp32 and under bf16 autocast (one process, all threads): clips/s, the
+               ratio and the minimum cosine similarity to fp32; and the encoder's steady state in FLOP/s (FLOPs
+               counted by torch.utils.flop_counter) as a share of this CPU's peak: cores x clock x FLOP/cycle,
+               where FLOP/cycle per core is 2 FMA units x vector lanes x 2 (AVX2: 32 fp32; AMD Zen 1 executes
+               256-bit FMAs as two 128-bit halves: 16; AVX-512: 64); bf16 peak: avx512_bf16 (VDPBF16PS) 128,
+               AMX-BF16 1024 (Intel's figure per core), none without native bf16.
+  --cli        (g) whole processes as a user runs them (median of --rounds, interleaved): `byola --help`,
+               `python -c "import torch"` (the floor), `byola embed` on one 1-s file; `byola embed` on spcv2_12 with
+               statistics given vs computed from the inputs (checkpoint without statistics: one decoding pass),
+               and with --precision bf16; peak memory on esc50_f4 with statistics computed.
+               --official "CMD" times CMD the same way, interleaved with byola's spcv2_12 run (statistics
+               computed), and prints byola's speed as a multiple of it: the official BYOL-A pipeline is not part
+               of this project; whoever has it writes CMD to embed the same 2,706 files with the official v1
+               weights (e.g. `python embed_official.py /path/spcv2_12/audio`, their script computing statistics
+               from the files, as byola does), and passes --checkpoint with the same weights converted by
+               `byola convert` (without statistics).
+  --load       (h) `byola embed` on spcv2_12 alone, and while a competing CPU-bound job (a second `byola embed`
+               of the same files, started first) runs: seconds and the slow-down.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,11 +49,13 @@ import byola
 from _timing import clips_per_s, parallel_clips_per_s  # benchmarks/ is on sys.path when a script runs
 from _data import SHARED_DATA
 from byola.audio import audio_duration, load_audio_if_shorter
-from byola.checkpoint import save_checkpoint
+from byola.checkpoint import load_checkpoint, save_checkpoint
 from byola.frontend import LogMelSpectrogram
 from byola.models import build_encoder, optimize_for_inference
 from byola.norm import NormStats
+from byola.precision import autocast, cpu_flags, cpu_has_native_bf16, cpu_model
 from byola.runtime import keep_freed_memory
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def _tree_pss_bytes(root: int) -> int:
@@ -103,25 +125,179 @@ def cost_split(files: list[Path], model: byola.Embedder, encoder: torch.nn.Modul
           "encoder alone)")
 
 
+def cpu_peaks() -> tuple[float, float | None, str]:
+    """(fp32 peak FLOP/s, bf16 peak FLOP/s or None, how) of the CPUs this process may use (see the docstring)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    field = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in info.splitlines() if ":" in line}
+    flags = cpu_flags()
+    cores = len(os.sched_getaffinity(0))
+    ghz = float(field.get("cpu MHz", "nan")) / 1e3
+    zen1 = field.get("vendor_id") == "AuthenticAMD" and field.get("cpu family") == "23" and \
+        int(field.get("model", "0")) < 0x30
+    per_cycle = 64 if "avx512f" in flags else (16 if zen1 else 32) if "fma" in flags else 8
+    bf16_cycle = 1024 if "amx_bf16" in flags else 128 if "avx512_bf16" in flags else None
+    how = (f"{cores} cores x {ghz:.2f} GHz x {per_cycle} fp32 FLOP/cycle"
+           f"{' (Zen 1: 128-bit FMA units)' if zen1 else ''}"
+           + (f", bf16 {bf16_cycle} FLOP/cycle" if bf16_cycle else ", no native bf16"))
+    return cores * ghz * 1e9 * per_cycle, (cores * ghz * 1e9 * bf16_cycle if bf16_cycle else None), how
+
+
+def precision_figures(encoder: torch.nn.Module, mels: torch.Tensor, batch: int) -> None:
+    """(e) fp32 vs bf16 autocast on the optimized encoder, and FLOP/s vs this CPU's peaks."""
+    fast = optimize_for_inference(encoder, micro_batch=16)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        fast(mels[:16])
+    flops_per_clip = counter.get_total_flops() / 16
+    rates, outs = {}, {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        def run(x: torch.Tensor, dtype: torch.dtype = dtype) -> torch.Tensor:
+            with autocast(dtype, "cpu"):
+                return fast(x).float()
+        rates[name] = clips_per_s(run, mels, batch)
+        with torch.inference_mode():
+            outs[name] = run(mels[:batch])
+    cos = torch.nn.functional.cosine_similarity(outs["fp32"], outs["bf16"], dim=1).min().item()
+    peak32, peak16, how = cpu_peaks()
+    native = "native" if cpu_has_native_bf16() else "EMULATED (no native bf16: slower, not a bf16 figure)"
+    print(f"(e) encoder optimized, one process, batch {batch}: fp32 {rates['fp32']:.1f} clips/s, bf16 {native} "
+          f"{rates['bf16']:.1f} clips/s = {rates['bf16'] / rates['fp32']:.2f}x fp32, min cosine to fp32 {cos:.6f}")
+    for name, peak in (("fp32", peak32), ("bf16", peak16)):
+        achieved = rates[name] * flops_per_clip
+        share = f"{achieved / peak:.0%} of the {peak / 1e9:.0f} GFLOP/s {name} peak" if peak else "no bf16 peak"
+        print(f"(e) {name}: {flops_per_clip / 1e6:.0f} MFLOP/clip x {rates[name]:.1f} clips/s = "
+              f"{achieved / 1e9:.1f} GFLOP/s = {share}")
+    print(f"(e) peak = {how}")
+
+
+def _wall(cmd: list[str] | str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, shell=isinstance(cmd, str), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def _byola(*args: str) -> list[str]:
+    return [sys.executable, "-m", "byola", *args]
+
+
+def _spcv2_files(data: Path, tmp: Path) -> Path | None:
+    meta = data / "spcv2_12" / "spcv2_12.csv"
+    if not meta.exists():
+        return None
+    listing = tmp / "spcv2_12.txt"
+    listing.write_text("\n".join(str(meta.parent / line.split(",")[0]) for line in meta.read_text().splitlines()[1:]))
+    return listing
+
+
+def cli_figures(data: Path, tmp: Path, ckpt: Path, ckpt_no_stats: Path, rounds: int, official: str | None) -> None:
+    """(g) whole processes, interleaved rounds, medians."""
+    one = tmp / "one.wav"
+    sf.write(one, (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    runs: dict[str, list[str] | str] = {
+        "python -c 'import torch' (floor)": [sys.executable, "-c", "import torch"],
+        "byola --help": _byola("--help"),
+        "byola embed one 1-s file": _byola("embed", str(one), "--checkpoint", str(ckpt), "--progress", "False"),
+    }
+    listing = _spcv2_files(data, tmp)
+    if listing:
+        runs["spcv2_12, statistics given"] = _byola("embed", str(listing), "--checkpoint", str(ckpt),
+                                                    "--progress", "False")
+        runs["spcv2_12, statistics computed"] = _byola("embed", str(listing), "--checkpoint", str(ckpt_no_stats),
+                                                       "--progress", "False")
+        if cpu_has_native_bf16():  # emulated bf16 took 5x the fp32 time on the 2-core AMD EPYC (Zen 1) VM
+            runs["spcv2_12, statistics computed, bf16"] = runs["spcv2_12, statistics computed"] + ["--precision",
+                                                                                                  "bf16"]
+        if official:
+            runs["official pipeline (--official)"] = official
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, cmd in runs.items():
+            if isinstance(cmd, list) and "embed" in cmd:
+                cmd = cmd + ["--out", str(tmp / f"cli_{len(times[name])}_{abs(hash(name))}")]
+            times[name].append(_wall(cmd))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in med.items():
+        print(f"(g) {name:40s} {t:6.2f} s (median of {rounds}: {', '.join(f'{x:.2f}' for x in times[name])})")
+    if listing:
+        given, computed = med["spcv2_12, statistics given"], med["spcv2_12, statistics computed"]
+        bf16 = med.get("spcv2_12, statistics computed, bf16")
+        print(f"(g) spcv2_12: statistics computed / given = {computed / given:.2f}x the time; "
+              + (f"bf16 / fp32 = {computed / bf16:.2f}x the speed" if bf16 else
+                 "bf16 not run (no native bf16 on this CPU)"))
+        if official:
+            theirs = med["official pipeline (--official)"]
+            print(f"(g) byola (statistics computed) = {theirs / computed:.2f}x the official pipeline's speed"
+                  + (f"; bf16: {theirs / bf16:.2f}x" if bf16 else ""))
+    esc = data / "esc50_f4" / "esc50_f4.csv"
+    if esc.exists():
+        rss = peak_rss_mb(_byola("embed", str(esc.parent / "audio"), "--checkpoint", str(ckpt_no_stats),
+                                 "--out", str(tmp / "cli_esc50"), "--progress", "False"))
+        print(f"(g) peak memory, byola embed on esc50_f4, statistics computed: {rss[0]:.0f} MB RSS in its largest "
+              f"process, {rss[1]:.0f} MB PSS in all its processes")
+
+
+def load_figures(data: Path, tmp: Path, ckpt: Path, rounds: int) -> None:
+    """(h) embed alone vs with a second embed of the same files competing for the cores."""
+    listing = _spcv2_files(data, tmp)
+    if not listing:
+        print("(h) skipped: spcv2_12 not found")
+        return
+    cmd = _byola("embed", str(listing), "--checkpoint", str(ckpt), "--progress", "False")
+    alone, loaded = [], []
+    for r in range(rounds):
+        alone.append(_wall(cmd + ["--out", str(tmp / f"load_alone_{r}")]))
+        competitor = subprocess.Popen(cmd + ["--out", str(tmp / f"load_comp_{r}")], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        time.sleep(3.0)  # the competitor is past its start and embedding
+        loaded.append(_wall(cmd + ["--out", str(tmp / f"load_under_{r}")]))
+        competitor.wait()
+    a, b = statistics.median(alone), statistics.median(loaded)
+    print(f"(h) spcv2_12 embed alone {a:.2f} s, with a competing embed running {b:.2f} s -> {b / a:.2f}x the time "
+          f"(2 equal jobs sharing the cores fairly: 2x); load average now {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(SHARED_DATA))
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--hour", action="store_true", help="also measure peak memory on a one-hour file")
     parser.add_argument("--compile", action="store_true", help="end to end with `embed --compile`")
+    parser.add_argument("--precision", action="store_true", help="(e) fp32 vs bf16, FLOP/s vs peak")
+    parser.add_argument("--cli", action="store_true", help="(g) whole-process figures")
+    parser.add_argument("--load", action="store_true", help="(h) embed under a competing job")
+    parser.add_argument("--only", action="store_true", help="skip (a)-(d)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--official", default=None, help="a shell command running the official pipeline (see above)")
+    parser.add_argument("--checkpoint", default=None, help="for (g)/(h): weights to use (statistics are dropped for "
+                        "the 'computed' runs); default: AudioNTT2020 d=512 random init")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()} "
+          f"({len(os.sched_getaffinity(0))} usable), native bf16: "
+          f"{'yes' if cpu_has_native_bf16() else 'no (no avx512_bf16/amx_bf16: bf16 figures are emulated)'}, "
+          f"load average {os.getloadavg()[0]:.1f}")
 
     tmp = Path(tempfile.mkdtemp(prefix="byola_bench_"))
     encoder = build_encoder("AudioNTT2020", n_mels=64, d=512).eval()
     ckpt = tmp / "ntt2020_d512.safetensors"
+    if args.checkpoint:
+        encoder, _ = load_checkpoint(args.checkpoint)
     save_checkpoint(ckpt, encoder, LogMelSpectrogram().config(), NormStats(mean=-6.0, std=5.0, count=1),
-                    {"source": "benchmark, random init"})
+                    {"source": "benchmark"})
+    ckpt_no_stats = tmp / "ntt2020_d512_no_stats.safetensors"
+    save_checkpoint(ckpt_no_stats, encoder, LogMelSpectrogram().config(), None, {"source": "benchmark"})
+    mels = torch.randn(1024, 1, 64, 101)
+    if args.precision:
+        precision_figures(encoder, mels, args.batch)
+    if args.cli:
+        cli_figures(Path(args.data), tmp, ckpt, ckpt_no_stats, args.rounds, args.official)
+    if args.load:
+        load_figures(Path(args.data), tmp, ckpt, args.rounds)
+    if args.only:
+        print(f"(work files in {tmp})")
+        return
 
     # (a) and (b): the encoder alone on 1-second log-mels.
     workers = len(os.sched_getaffinity(0))  # embed's default number of CPU workers
-    mels = torch.randn(1024, 1, 64, 101)
     eager = clips_per_s(encoder, mels, args.batch)
     print(f"(a) encoder, plain eager fp32, one process, batch {args.batch}: {eager:8.1f} clips/s")
     for label, compiled, micro in (("no micro-batches", False, None), ("micro-batches of 16", False, 16),

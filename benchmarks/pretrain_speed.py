@@ -8,7 +8,7 @@ time, for several ways of running the model step, each next to the plain eager P
 2. Step split on fixed batches: augmentation (log-mel, pre-norm, Mixup, RRC, fader, post-norm: AudioBatchViews) and
    the model step (forward, backward, Adam, EMA) per variant: ``eager`` (plain PyTorch, float32, contiguous),
    ``channels_last``, ``compile`` (torch.compile of the encoder), ``channels_last+compile``, ``bf16`` (autocast;
-   CUDA, or CPU when asked). Variants run round-robin, step by step, from the same initial weights with the same
+   CUDA, and CPUs with native bf16 (byola.precision), or any CPU when asked). Variants run round-robin, step by step, from the same initial weights with the same
    views and dropout seeds, so their loss curves are compared (max relative difference to eager) and slow drifts of
    a shared machine's load hit every variant alike. Times are medians over the steps after the first (warm-up).
    The variants run twice, each time in a child process: with glibc's default allocator and with
@@ -40,6 +40,7 @@ from byola.frontend import LogMelSpectrogram
 from byola.models import build_encoder
 from byola.norm import PreNormalization
 from byola.modalities.audio import AudioBatchViews
+from byola.precision import cpu_has_native_bf16, cpu_model, native_bf16
 from byola.runtime import keep_freed_memory
 from _data import SHARED_DATA  # benchmarks/ is on sys.path when a script runs
 
@@ -162,13 +163,19 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     # torch.compile measured no gain on a 2-core CPU (and takes minutes there): on CPU, ask for it with --variants.
+    # bf16 autocast on a CPU only where it is native (avx512_bf16/AMX): elsewhere it is emulated and slower.
     variants = args.variants or (["eager", "channels_last", "bf16", "channels_last+bf16", "channels_last+bf16+compile"]
-                                 if device.type == "cuda" else ["eager", "channels_last"])
+                                 if device.type == "cuda" else
+                                 ["eager", "channels_last"] + (["channels_last+bf16"] if native_bf16(device) else []))
     if variants[0] != "eager":
         variants = ["eager"] + [v for v in variants if v != "eager"]
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"AudioNTT2020 d={args.d}, {os.cpu_count()} CPUs (load {os.getloadavg()[0]:.1f})")
+    print(f"CPU {cpu_model()}: native bf16 {'yes' if cpu_has_native_bf16() else 'no (no avx512_bf16/amx_bf16)'}; "
+          f"{device} native bf16: {'yes' if native_bf16(device) else 'no'}"
+          + ("" if native_bf16(device) or "bf16" in " ".join(variants) else
+             " -> bf16 step not measured (emulated here; ask with --variants eager channels_last+bf16)"))
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

@@ -62,6 +62,13 @@ def _model_ref(model: str | None, checkpoint: str | None, accept_license: bool) 
     return ref
 
 
+def _check_precision(precision: str) -> None:
+    from .precision import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r} is not a precision", f"use {', '.join(PRECISIONS)}")
+
+
 def _input_files(inputs) -> list:
     """The audio files of ``inputs`` (files, folders, path lists) by the one input listing; a problem with an
     input is a one-line error."""
@@ -81,7 +88,8 @@ class Commands:
     def embed(self, *inputs: str, model: str | None = None, checkpoint: str | None = None,
               out: str = "byola_embeddings", frames: bool = False, device: str = "cpu", batch_size: int = 64,
               num_workers: int | None = None, norm_stats: str | None = None, frontend_backend: str = "torchaudio",
-              compile: bool = False, progress: bool = True, accept_license: bool = False) -> None:
+              compile: bool = False, precision: str = "fp32", progress: bool = True,
+              accept_license: bool = False) -> None:
         """Embed audio files, folders (recursive) and text files listing paths.
 
         Writes OUT/embeddings.npy (float32, one row per embedded file), OUT/index.csv (file,row,status,error,
@@ -104,6 +112,8 @@ class Commands:
             frontend_backend: log-mel backend: torchaudio (default; equal to the others within 4e-4 nats and the
                 fastest on CPU), nnaudio, librosa, or "checkpoint" for the one the model was trained with.
             compile: torch.compile the encoder (worth it for long jobs of equal-length clips).
+            precision: fp32 (exact, default), bf16 (encoder under bf16 autocast; slower on CPUs without native
+                bf16, with a warning) or auto (bf16 only on a CUDA GPU or CPU with native bf16).
             progress: show a progress bar.
             accept_license: accept the licence of a downloaded model (asked once, on first download).
 
@@ -117,9 +127,11 @@ class Commands:
         from .embed_job import check_options, recorded_norm_stats
 
         check_options(batch_size=batch_size, num_workers=num_workers)
+        _check_precision(precision)
         stats = _parse_stats(norm_stats)
         ref = _model_ref(model, checkpoint, accept_license)
         check_device(device)
+        from .decoded import DecodedWaves
         from .embed import load
         from .norm import NormStats
 
@@ -129,20 +141,21 @@ class Commands:
                              "give audio files or folders holding .wav .flac .ogg .mp3 .aiff .aif .opus files")
         embedder = load(ref, device=device, norm_stats=stats,
                         frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend,
-                        compile=compile, accept_license=accept_license)
-        if embedder.norm_stats is None:
-            recorded = recorded_norm_stats(out)
-            if recorded:
-                embedder.set_norm_stats(NormStats(recorded[0], recorded[1], 0), source="recorded in OUT")
-                print(f"checkpoint has no normalization statistics: using those recorded in {out} by its first run "
-                      f"(mean={recorded[0]:.6f} std={recorded[1]:.6f})", file=sys.stderr)
-            else:
-                print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs "
-                      f"(recorded in {out} and reused when resuming)", file=sys.stderr)
-                stats = embedder.fit_norm_stats(files)
-                print(f"normalization statistics: mean={stats.mean:.6f} std={stats.std:.6f}", file=sys.stderr)
-        summary = embedder.embed_files(files, out, batch_size=batch_size, frames=frames, num_workers=num_workers,
-                                       progress=progress)
+                        compile=compile, accept_license=accept_license, precision=precision)
+        with DecodedWaves() as decoded:  # the statistics pass keeps what it decodes for the embedding pass
+            if embedder.norm_stats is None:
+                recorded = recorded_norm_stats(out)
+                if recorded:
+                    embedder.set_norm_stats(NormStats(recorded[0], recorded[1], 0), source="recorded in OUT")
+                    print(f"checkpoint has no normalization statistics: using those recorded in {out} by its first "
+                          f"run (mean={recorded[0]:.6f} std={recorded[1]:.6f})", file=sys.stderr)
+                else:
+                    print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs "
+                          f"(recorded in {out} and reused when resuming)", file=sys.stderr)
+                    stats = embedder.fit_norm_stats(files, keep=decoded)
+                    print(f"normalization statistics: mean={stats.mean:.6f} std={stats.std:.6f}", file=sys.stderr)
+            summary = embedder.embed_files(files, out, batch_size=batch_size, frames=frames,
+                                           num_workers=num_workers, progress=progress, decoded=decoded)
         print(summary.describe(), file=sys.stderr)
         if summary.failed:
             raise SystemExit(1)
@@ -183,7 +196,7 @@ class Commands:
                  out: str = "byola_eval", baselines: bool = False, probe: str = "linear", seeds: int = 3,
                  data_root: str | None = None, unit_sec: float | None = None, device: str = "cpu",
                  batch_size: int = 64, num_workers: int = 1, fold_norm: bool = True, cache_dir: str | None = None,
-                 progress: bool = True, accept_license: bool = False) -> None:
+                 precision: str = "fp32", progress: bool = True, accept_license: bool = False) -> None:
         """Score frozen embeddings on downstream tasks with a linear probe.
 
         Writes OUT/results.md (a table), OUT/results.csv, OUT/results.json, OUT/scores.png and confusion matrices
@@ -205,6 +218,7 @@ class Commands:
             fold_norm: normalization statistics from each fold's training clips (EVAR's protocol); False keeps the
                 checkpoint's own.
             cache_dir: where embeddings are cached (default OUT/cache); share it between reports to reuse them.
+            precision: fp32 (exact, default), bf16 or auto (bf16 only where native), as for embed.
             progress: show progress bars.
             accept_license: accept the licence of a downloaded model (asked once, on first download).
 
@@ -218,24 +232,29 @@ class Commands:
             raise UsageError(f"--probe {probe!r} is not a probe", "use linear, mlp or knn")
         if seeds < 1:
             raise UsageError(f"--seeds {seeds}: at least one seed is needed")
+        _check_precision(precision)
         ref = _model_ref(model, checkpoint, accept_license)
         check_device(device)
         from .embed import load
         from .evaluation.embedders import LogMelStatsEmbedder, ModelEmbedder
         from .evaluation.run import evaluate
         from .evaluation.tasks import load_task
+        from .precision import precision_name
 
         for task in tasks:  # fail on a missing task before loading any model
             load_task(task, unit_sec, None, data_root)
 
         def model_factory(random_init: int | None = None):
             def factory() -> ModelEmbedder:
-                embedder = load(ref, device=device, random_init=random_init, accept_license=accept_license)
+                embedder = load(ref, device=device, random_init=random_init, accept_license=accept_license,
+                                precision=precision)
                 if not fold_norm and embedder.norm_stats is None:
                     raise UsageError("--fold_norm False needs a checkpoint with normalization statistics",
                                      "keep --fold_norm True for official weights")
                 name = embedder.checkpoint_id if random_init is not None else \
                     f"{embedder.model_name}@{embedder.checkpoint_id[7:19]}"
+                if precision_name(embedder.compute_dtype) != "fp32":  # cached embeddings are per precision
+                    name += f"+{precision_name(embedder.compute_dtype)}"
                 return ModelEmbedder(embedder, name=name, fold_norm=fold_norm, batch_size=batch_size)
             return factory
 

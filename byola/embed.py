@@ -22,10 +22,12 @@ from torch import nn
 
 from .audio import resample
 from .checkpoint import load_any
+from .decoded import DecodedWaves
 from .files import file_sha256
 from .frontend import LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
 from .norm import NormStats, PreNormalization, compute_norm_stats
+from .precision import autocast, precision_name, resolve_precision
 
 # Log-mel frames computed per encoder chunk (20 s of audio at hop 160). A multiple of every encoder's frame_hop.
 CHUNK_FRAMES = 2000
@@ -48,11 +50,15 @@ class Embedder(nn.Module):
         micro_batch: with `optimize`, run batches through frontend and encoder in chunks of this many clips: the
             intermediate tensors of a small chunk stay in the CPU caches (encoder measured at 5.1x plain eager at
             16 against 2.6x unchunked, batch 256, 2 cores; benchmarks/embed_speed.py). None runs whole batches.
+        compute_dtype: the encoder's compute dtype: float32 (exact), or bfloat16 under autocast (see
+            byola.precision; the log-mel frontend and normalization stay float32, embeddings are returned float32).
     """
 
     def __init__(self, encoder: nn.Module, frontend: LogMelSpectrogram, norm_stats: NormStats | None,
-                 optimize: bool = True, compile: bool = False, micro_batch: int | None = 16) -> None:
+                 optimize: bool = True, compile: bool = False, micro_batch: int | None = 16,
+                 compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        self.compute_dtype = compute_dtype
         self.encoder = (optimize_for_inference(encoder, micro_batch=micro_batch, compile=compile) if optimize
                         else encoder.eval())
         self.inference = {"optimize": bool(optimize), "compile": bool(compile and optimize)}
@@ -84,10 +90,13 @@ class Embedder(nn.Module):
         normalization statistics, the chunking of long inputs and the inference path. Outputs made with different
         settings must not be mixed."""
         ns = self.norm_stats
-        return {"checkpoint_id": getattr(self, "checkpoint_id", None), "encoder": self.encoder.config(),
-                "frontend": self.frontend.config(), "sample_rate": self.sample_rate,
-                "norm_stats": {"mean": float(ns.mean), "std": float(ns.std)} if ns else None,
-                "chunk_frames": CHUNK_FRAMES, "encoder_context": _ENCODER_CONTEXT, "inference": self.inference}
+        settings = {"checkpoint_id": getattr(self, "checkpoint_id", None), "encoder": self.encoder.config(),
+                    "frontend": self.frontend.config(), "sample_rate": self.sample_rate,
+                    "norm_stats": {"mean": float(ns.mean), "std": float(ns.std)} if ns else None,
+                    "chunk_frames": CHUNK_FRAMES, "encoder_context": _ENCODER_CONTEXT, "inference": self.inference}
+        if self.compute_dtype != torch.float32:  # fp32 keeps the settings (and outputs) of earlier versions valid
+            settings["precision"] = precision_name(self.compute_dtype)
+        return settings
 
     @property
     def device(self) -> torch.device:
@@ -103,7 +112,12 @@ class Embedder(nn.Module):
         """`model` on the normalized log-mel of `waves`, in the encoder's micro-batches (frontend included)."""
         size = self.encoder.micro_batch
         chunks = waves.split(size) if size else [waves]
-        return torch.cat([model(self._normalized_logmel(chunk).unsqueeze(1)) for chunk in chunks])
+        return torch.cat([self._encode(model, self._normalized_logmel(chunk).unsqueeze(1)) for chunk in chunks])
+
+    def _encode(self, model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """`model(x)` at `compute_dtype`, returned as float32."""
+        with autocast(self.compute_dtype, x.device):
+            return model(x).float()
 
     @torch.inference_mode()
     def embed_batch(self, waves: torch.Tensor) -> torch.Tensor:
@@ -141,9 +155,13 @@ class Embedder(nn.Module):
 
         return embed_files(self, paths, out, **kwargs)
 
-    def fit_norm_stats(self, paths: Sequence[str | os.PathLike]) -> NormStats:
-        """Compute exact pre-normalization statistics from `paths` (skipping unreadable files) and use them."""
-        stats = compute_norm_stats(paths, self.frontend, sample_rate=self.sample_rate, skip_errors=True)
+    def fit_norm_stats(self, paths: Sequence[str | os.PathLike], keep: DecodedWaves | None = None) -> NormStats:
+        """Compute exact pre-normalization statistics from `paths` (skipping unreadable files) and use them.
+
+        `keep` receives the decoded waveforms; pass it to `embed_files(..., decoded=keep)` to decode each file once.
+        """
+        stats = compute_norm_stats(paths, self.frontend, sample_rate=self.sample_rate, skip_errors=True,
+                                   on_decoded=keep.put if keep is not None else None)
         self.set_norm_stats(stats, source=f"computed from {len(paths)} inputs")
         return stats
 
@@ -157,7 +175,7 @@ class Embedder(nn.Module):
 
         def run(lo: int, hi: int, keep_lo: int, keep_hi: int) -> torch.Tensor:
             x = self.prenorm(pending[:, lo - pending_start: hi - pending_start])
-            out = self.encoder.frame_embeddings(x[None, None])[0]
+            out = self._encode(self.encoder.frame_embeddings, x[None, None])[0]
             return out[(keep_lo - lo) // hop: (keep_hi - lo) // hop]
 
         if self.prenorm is None:
@@ -196,7 +214,7 @@ def pool_frames(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          norm_stats: NormStats | tuple[float, float] | None = None, optimize: bool = True,
          frontend_backend: str | None = "torchaudio", random_init: int | None = None,
-         compile: bool = False, accept_license: bool = False) -> Embedder:
+         compile: bool = False, accept_license: bool = False, precision: str = "fp32") -> Embedder:
     """Load a model as an `Embedder`: a model name from `byola.hub` (default: the model shipped in `pretrained/`;
     official weights are downloaded once, which needs `accept_license=True` the first time), a byola
     `.safetensors` checkpoint or an official BYOL-A `.pth` file (converted in memory).
@@ -208,6 +226,8 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     convolution STFT on a CPU, and runs on any device, unlike librosa.
     `random_init=SEED` replaces the weights with a random initialization of the same architecture (seeded): the
     baseline a trained model must beat.
+    `precision`: "fp32" (default, exact), "bf16" (encoder under bf16 autocast) or "auto" (bf16 only where `device`
+    has native bf16); see byola.precision.
     """
     from .hub import model_name, resolve
 
@@ -227,7 +247,8 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     source = "given" if norm_stats is not None else ""
     if norm_stats is None and meta.get("norm_stats"):
         norm_stats, source = NormStats.from_dict(meta["norm_stats"]), "checkpoint"
-    embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize, compile=compile).to(device)
+    embedder = Embedder(encoder, frontend, norm_stats, optimize=optimize, compile=compile,
+                        compute_dtype=resolve_precision(precision, device)).to(device)
     embedder.norm_stats_source = source
     embedder.checkpoint_path = str(path)
     embedder.model_name = model_name(ref)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import embed as _embed
 from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio_if_shorter, stream_audio
+from .decoded import DecodedWaves
 from .embed import Embedder, pool_frames
 from .errors import UsageError
 from .files import FolderBusy, FolderLock, atomic_write_text, atomic_writer, file_sha256, fsync_dir, list_inputs
@@ -388,9 +389,16 @@ class _Chunks(torch.utils.data.Dataset):
     """
 
     def __init__(self, files: list[str], size: int, sample_rate: int, max_load_sec: float,
-                 embedder: Embedder | None, frames: bool) -> None:
+                 embedder: Embedder | None, frames: bool, decoded: DecodedWaves | None = None) -> None:
         self.files, self.size, self.sample_rate, self.max_load_sec = files, size, sample_rate, max_load_sec
-        self.embedder, self.frames = embedder, frames
+        self.embedder, self.frames, self.decoded = embedder, frames, decoded
+
+    def _decode(self, file: str) -> torch.Tensor | None:
+        """The waveform (kept from an earlier pass when `decoded` has it), or None for files to stream."""
+        kept = self.decoded.get(file) if self.decoded is not None else None
+        if kept is not None and len(kept) <= self.max_load_sec * self.sample_rate:
+            return kept
+        return load_audio_if_shorter(file, self.max_load_sec, self.sample_rate)
 
     def __len__(self) -> int:
         return -(-len(self.files) // self.size)
@@ -402,7 +410,7 @@ class _Chunks(torch.utils.data.Dataset):
             item = _Item(file, error=_not_a_file(file))
             if not item.error:
                 try:
-                    item.wave = load_audio_if_shorter(file, self.max_load_sec, self.sample_rate)
+                    item.wave = self._decode(file)
                     if item.wave is None:
                         item.stream = True
                     else:
@@ -413,6 +421,20 @@ class _Chunks(torch.utils.data.Dataset):
         if self.embedder is not None:
             _embed_items(self.embedder, items, self.frames)
         return items
+
+
+def _chunk_size(batch_size: int, in_workers: bool) -> int:
+    return min(batch_size, _CPU_WORKER_CHUNK) if in_workers else batch_size
+
+
+def default_num_workers(n_files: int, batch_size: int, on_cpu: bool) -> int:
+    """Worker processes for `embed_files` on `n_files` files: none when they fit in one chunk (a handful of files
+    is embedded in this process, without paying for workers to start), else one per CPU core on a CPU model (at
+    most one per chunk; each runs the model on one thread), 2 decoding for an accelerator."""
+    n_chunks = -(-n_files // _chunk_size(batch_size, on_cpu))
+    if n_chunks <= 1:
+        return 0
+    return min(len(os.sched_getaffinity(0)), n_chunks) if on_cpu else 2
 
 
 def _unbatched(item: list[_Item]) -> list[_Item]:
@@ -428,7 +450,8 @@ def frames_name(file: str) -> str:
 
 def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
                 batch_size: int = 64, frames: bool = False, num_workers: int | None = None,
-                max_load_sec: float = 60.0, progress: bool = True, flush_every: int = 256) -> EmbedSummary:
+                max_load_sec: float = 60.0, progress: bool = True, flush_every: int = 256,
+                decoded: DecodedWaves | None = None) -> EmbedSummary:
     """Embed `paths` into `out`: `embeddings.npy` (float32, one row per ok file), `index.csv` (one line per path,
     in the given order, paths absolute but links not resolved) and `manifest.json` (see the module docstring).
 
@@ -441,11 +464,12 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
     reuses it; failed files are recorded with their error and retried on the next run. A second job into the same
     `out` while one runs, or one with settings that change the numbers (`job_settings`), raises `EmbedJobError`.
 
-    `num_workers` DataLoader worker processes (default: one per CPU core on a CPU model, 2 on an accelerator) decode
-    the files. On a CPU model they also run the model, each on one thread: on this project's 2-core benchmark
-    machine, two single-threaded processes embed faster than one process on two threads, and decoding then never
-    competes with the model's threads (benchmarks/embed_speed.py). With `num_workers=0` everything runs in this
-    process.
+    `num_workers` DataLoader worker processes (default `default_num_workers`: none for files that fit in one chunk,
+    else one per CPU core on a CPU model, 2 on an accelerator) decode the files. On a CPU model they also run the
+    model, each on one thread: on this project's 2-core benchmark machine, two single-threaded processes embed
+    faster than one process on two threads, and decoding then never competes with the model's threads
+    (benchmarks/embed_speed.py). With `num_workers=0` everything runs in this process. `decoded`: waveforms kept
+    by an earlier pass (`Embedder.fit_norm_stats(..., keep=...)`), used instead of decoding those files again.
     """
     check_options(batch_size, num_workers, max_load_sec, flush_every)
     out = Path(out)
@@ -466,26 +490,30 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
         raise EmbedJobError(f"cannot lock {lock.path}: {err.strerror} (a link or another file placed there?)") \
             from err
     try:
-        return _run(embedder, files, out, batch_size, frames, num_workers, max_load_sec, progress, flush_every)
+        return _run(embedder, files, out, batch_size, frames, num_workers, max_load_sec, progress, flush_every,
+                    decoded)
     finally:
         lock.release()
 
 
 def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frames: bool, num_workers: int | None,
-         max_load_sec: float, progress: bool, flush_every: int) -> EmbedSummary:
+         max_load_sec: float, progress: bool, flush_every: int, decoded: DecodedWaves | None) -> EmbedSummary:
     on_cpu = embedder.device.type == "cpu"
-    if num_workers is None:
-        num_workers = len(os.sched_getaffinity(0)) if on_cpu else 2
     state = _State(out, job_settings(embedder, frames, max_load_sec), getattr(embedder, "norm_stats_source", ""))
     had_state = bool(state.shards)
     todo = [f for f in files if not state.done(f)]
     reused = len(files) - len(todo)
+    if num_workers is None:
+        num_workers = default_num_workers(len(todo), batch_size, on_cpu)
     in_workers = on_cpu and num_workers > 0
     # Small chunks keep CPU workers evenly loaded to the end (their model runs micro-batches of 16 anyway).
-    chunk = min(batch_size, _CPU_WORKER_CHUNK) if in_workers else batch_size
-    chunks = _Chunks(todo, chunk, embedder.sample_rate, max_load_sec, embedder if in_workers else None, frames)
+    chunk = _chunk_size(batch_size, in_workers)
+    chunks = _Chunks(todo, chunk, embedder.sample_rate, max_load_sec, embedder if in_workers else None, frames,
+                     decoded)
+    # Out of order: the next chunk goes to whichever worker is free, so one slowed by a competing job does not
+    # hold up the others (records are matched to files by name; `commit` writes them in the input order).
     loader = torch.utils.data.DataLoader(chunks, batch_size=None, collate_fn=_unbatched, num_workers=num_workers,
-                                         prefetch_factor=2 if num_workers else None)
+                                         prefetch_factor=2 if num_workers else None, in_order=False)
     pending_records: list[dict] = []
     pending_emb: list[np.ndarray] = []
 

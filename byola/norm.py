@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -99,6 +99,7 @@ def compute_norm_stats(
     skip_errors: bool = False,
     progress: bool = True,
     max_load_sec: float = 60.0,
+    on_decoded: Callable[[Any, torch.Tensor], None] | None = None,
 ) -> NormStats:
     """Exact mean/std of ``frontend``'s log-mel values over all clips, streaming one batch at a time.
 
@@ -112,7 +113,8 @@ def compute_norm_stats(
     does not depend on batching beyond the front end's own float32 rounding.
 
     A bad file raises :class:`AudioError`; with ``skip_errors=True`` bad files are left out and reported in one
-    warning at the end.
+    warning at the end. ``on_decoded(path, wave)`` is called with each file decoded whole (e.g.
+    :meth:`byola.decoded.DecodedWaves.put`, so that a second pass need not decode it again).
     """
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
@@ -146,6 +148,8 @@ def compute_norm_stats(
         try:
             if unit is None and isinstance(item, (str, os.PathLike)):
                 wave = load_audio_if_shorter(item, max_load_sec, sample_rate)  # one open decides and decodes
+                if wave is not None and on_decoded is not None:
+                    on_decoded(item, wave)
                 if wave is None:
                     clip = streamed(item)  # before flushing: a bad file must leave no trace
                     if batch:

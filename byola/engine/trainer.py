@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from byola.engine.sync_bn import convert_sync_batchnorm
+from byola.precision import resolve_precision
 
 __all__ = ["Trainer", "LR_SCHEDULES", "AMP_MODES", "WarmupCosine", "DistInfo", "dist_info", "init_distributed", "default_device", "atomic_save",
            "latest_checkpoint"]
@@ -289,8 +290,9 @@ class Trainer:
         lr_schedule: ``"cosine"`` (after warm-up, to ``min_lr_ratio``) or ``"constant"``.
         warmup_steps: linear warm-up length in optimizer steps.
         accum_steps: micro-batches per optimizer step (the loss is divided by it; DDP syncs on the last one only).
-        amp: ``"auto"`` (bf16 on CUDA when supported, else fp16; off on CPU), ``"bf16"``, ``"fp16"`` (CUDA only,
-            with a GradScaler) or ``"off"``.
+        amp: ``"auto"`` (bf16 on CUDA when supported, else fp16; on a CPU bf16 only where it is native, i.e.
+            avx512_bf16/AMX, else off: see byola.precision), ``"bf16"``, ``"fp16"`` (CUDA only, with a GradScaler)
+            or ``"off"``.
         grad_clip: max global gradient norm, or None.
         checkpoint_every: optimizer steps between checkpoints (and exports); one is always written at the end.
         keep_checkpoints: how many training-state files to keep.
@@ -363,13 +365,16 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ setup helpers
     def _amp_dtype(self, amp: str) -> torch.dtype | None:
         cuda = self.device.type == "cuda"
-        if amp == "off" or (amp == "auto" and not cuda):
+        if amp == "off":
             return None
-        if amp == "auto":
+        if amp == "auto" and cuda:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if amp == "fp16" and not cuda:
+        if amp in ("auto", "bf16"):  # on a CPU: auto is bf16 only where native, bf16 warns where emulated
+            dtype = resolve_precision(amp, self.device)
+            return None if dtype == torch.float32 else dtype
+        if not cuda:
             raise ValueError("amp='fp16' needs CUDA (use 'bf16' or 'off' on CPU)")
-        return torch.bfloat16 if amp == "bf16" else torch.float16
+        return torch.float16
 
     def _config(self) -> dict[str, Any]:
         """Settings a resumed run must share with the interrupted one (they fix the data order and the schedule)."""
