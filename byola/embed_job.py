@@ -18,9 +18,10 @@ import json
 import os
 import re
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,11 +32,14 @@ from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio_if_s
 from .decoded import DecodedWaves
 from .embed import Embedder, pool_frames
 from .errors import UsageError
-from .files import FolderBusy, FolderLock, atomic_write_text, atomic_writer, file_sha256, fsync_dir, list_inputs
+from .files import (FolderBusy, FolderLock, atomic_write_text, atomic_write_with, atomic_writer, file_sha256, fsync_dir,
+                    list_inputs)
 
 INDEX_COLUMNS = ["file", "row", "status", "error", "duration_s"]
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+FORMATS = ("npy", "parquet")
+PARQUET_DIR = "parquet"
 _STATE_DIR = ".byola_embed"
 _CPU_WORKER_CHUNK = 32
 _SHOWN_FAILURES = 5
@@ -60,17 +64,45 @@ class EmbedSummary:
     reused: int
     out: Path
     failures: list[tuple[str, str]]
+    merged_parts: int = 0
 
     def describe(self) -> str:
         """The console summary: counts, the first failed files and where the full list is."""
         now = self.ok - self.reused
-        lines = [f"{self.ok} ok ({now} embedded now, {self.reused} reused from an earlier run), {self.failed} "
-                 f"failed -> {self.out} (every input is listed in {self.out / 'index.csv'})"]
+        done = f"merged from {self.merged_parts} parts" if self.merged_parts else \
+            f"{now} embedded now, {self.reused} reused from an earlier run"
+        listed = self.out / ("index.csv" if (self.out / "index.csv").exists() else PARQUET_DIR)
+        lines = [f"{self.ok} ok ({done}), {self.failed} failed -> {self.out} (every input is listed in {listed})"]
         for file, reason in self.failures[:_SHOWN_FAILURES]:
             lines.append(f"  failed: {printable(reason if file in reason else f'{file}: {reason}')}")
         if self.failed > _SHOWN_FAILURES:
             lines.append(f"  ... and {self.failed - _SHOWN_FAILURES} more failed (status=error in index.csv)")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Part:
+    """This job is part ``index`` (0-based) of ``count`` of a sharded job over ``inputs`` files, whose list (in
+    order, as `printable` names) has the `byola.files.json_digest` ``inputs_sha256`` (`byola.embed_parts`)."""
+
+    index: int
+    count: int
+    inputs: int
+    inputs_sha256: str
+
+    @property
+    def name(self) -> str:
+        """``KKKKK-of-NNNNN``: sorts in part order."""
+        return f"{self.index:05d}-of-{self.count:05d}"
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "count": self.count, "inputs": self.inputs, "inputs_sha256": self.inputs_sha256}
+
+
+def parquet_name(part: Part | None) -> str:
+    """Where a job's Parquet file goes inside its OUTDIR: ``parquet/part-KKKKK-of-NNNNN.parquet`` (one part of one
+    for an unsharded job), so the folder ``OUTDIR/parquet`` reads as one dataset."""
+    return f"{PARQUET_DIR}/part-{part.name if part else '00000-of-00001'}.parquet"
 
 
 def printable(text: str) -> str:
@@ -91,8 +123,9 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def check_options(batch_size: int = 64, num_workers: int | None = None, max_load_sec: float = 60.0,
-                  flush_every: int = 256) -> None:
-    """Raise `EmbedJobError` (one line) for option values that make no sense."""
+                  flush_every: int = 256, format: str = "npy") -> None:
+    """Raise `EmbedJobError` (one line) for option values that make no sense, and for ``--format parquet``
+    without pyarrow."""
     def positive_int(name: str, value) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise EmbedJobError(f"--{name} must be a positive integer, got {value!r}")
@@ -104,6 +137,10 @@ def check_options(batch_size: int = 64, num_workers: int | None = None, max_load
         raise EmbedJobError(f"--num_workers must be 0 or a positive integer, got {num_workers!r}")
     if isinstance(max_load_sec, bool) or not isinstance(max_load_sec, (int, float)) or not max_load_sec > 0:
         raise EmbedJobError(f"max_load_sec must be a positive number, got {max_load_sec!r}")
+    if format not in FORMATS:
+        raise EmbedJobError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "parquet":
+        _pyarrow()
 
 
 def job_settings(embedder: Embedder, frames: bool, max_load_sec: float) -> dict:
@@ -193,44 +230,111 @@ class _State:
         for path in old:  # the new shard, read last, already holds everything they hold
             path.unlink()
 
-    def commit(self, out: Path, files: list[str], dim: int) -> tuple[int, list[tuple[str, str]]]:
-        """Write embeddings.npy and index.csv in the order of `files`, then the manifest that vouches for both."""
+    def commit(self, out: Path, files: list[str], dim: int, format: str = "npy",
+               part: Part | None = None) -> tuple[int, list[tuple[str, str]]]:
+        """Write the output of `files` (in this order) in ``format``, then the manifest that vouches for it."""
         ok_files = [f for f in files if self.done(f)]
         matrix = np.stack([self.embeddings[f] for f in ok_files]).astype(np.float32) if ok_files \
             else np.zeros((0, dim), np.float32)
         row_of = {f: i for i, f in enumerate(ok_files)}
-        with_frames = any(self.records[f].get("frames") for f in files)
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=INDEX_COLUMNS + (["frames"] if with_frames else []),
-                                lineterminator="\n")
-        writer.writeheader()
-        failures = []
+        rows, failures = [], []
         for file in files:
             rec = self.records[file]
-            row = {"file": printable(file), "row": row_of.get(file, ""), "status": rec["status"],
-                   "error": printable(rec.get("error", "")), "duration_s": rec.get("duration_s", "")}
-            if with_frames:
-                row["frames"] = printable(rec.get("frames", ""))
-            writer.writerow(row)
+            rows.append({"file": printable(file), "row": row_of.get(file, ""), "status": rec["status"],
+                         "error": printable(rec.get("error", "")), "duration_s": rec.get("duration_s", ""),
+                         "frames": printable(rec.get("frames", ""))})
             if rec["status"] != "ok":
                 failures.append((file, rec.get("error", "")))
-        index_bytes = text.getvalue().encode("utf-8")  # everything that can fail is done before the first write
-
-        manifest_path = out / MANIFEST
-        generation = _read_manifest(out).get("generation", 0) if manifest_path.exists() else 0
-        manifest_path.unlink(missing_ok=True)  # from here until the new manifest, the folder reads as incomplete
-        fsync_dir(out)
-        with atomic_writer(out / "embeddings.npy") as f:
-            np.save(f, matrix)
-        with atomic_writer(out / "index.csv") as f:
-            f.write(index_bytes)
-        manifest = {"format": MANIFEST_FORMAT, "generation": generation + 1, "settings": self.settings,
-                    "rows": len(ok_files), "files": len(files), "failed": len(failures),
-                    "contents": {name: {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
-                                 for name in ("embeddings.npy", "index.csv")}}
-        atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
-        fsync_dir(out)
+        if format == "parquet":
+            table = parquet_table(rows, matrix, self.settings)
+            contents = {parquet_name(part): lambda path: atomic_write_with(
+                path, lambda tmp: _pyarrow().parquet.write_table(table, tmp))}
+        else:
+            index_bytes = index_csv(rows)  # everything that can fail is done before the first write
+            contents = {"embeddings.npy": lambda path: _save_npy(path, matrix),
+                        "index.csv": lambda path: atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(index_bytes))}
+        fields = {"settings": self.settings, "rows": len(ok_files), "files": len(files), "failed": len(failures)}
+        commit_output(out, contents, {**fields, **({"part": part.to_dict()} if part else {})})
         return len(ok_files), failures
+
+
+def _save_npy(path: Path, matrix: np.ndarray) -> None:
+    with atomic_writer(path) as f:
+        np.save(f, matrix)
+
+
+def index_csv(rows: list[dict]) -> bytes:
+    """index.csv's bytes for `rows` (dicts with the `INDEX_COLUMNS` and ``frames``); the ``frames`` column is
+    written when any row names a frames file."""
+    with_frames = any(row.get("frames") for row in rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=INDEX_COLUMNS + (["frames"] if with_frames else []),
+                            lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode("utf-8")
+
+
+def _pyarrow():
+    """``pyarrow`` with ``pyarrow.parquet`` loaded, or `EmbedJobError` naming the extra to install."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401 -- used as pyarrow.parquet
+    except ImportError:
+        raise EmbedJobError("--format parquet needs pyarrow: pip install 'byola[parquet]'") from None
+    return pyarrow
+
+
+def parquet_table(rows: list[dict], matrix: np.ndarray, settings: dict):
+    """A `pyarrow.Table` of `rows` (as for `index_csv`): columns ``file, status, error, duration_s`` (null for
+    failed files), ``embedding`` (fixed-size list of float32; null for failed files) and, when any row names one,
+    ``frames`` (the frames file, relative to OUTDIR). The job's settings go in the schema metadata (``byola``)."""
+    pa = _pyarrow()
+    ok = np.array([row["status"] == "ok" for row in rows], dtype=bool)
+    full = np.zeros((len(rows), matrix.shape[1]), np.float32)
+    full[ok] = matrix
+    columns = {
+        "file": pa.array([row["file"] for row in rows], pa.string()),
+        "status": pa.array([row["status"] for row in rows], pa.string()),
+        "error": pa.array([row["error"] for row in rows], pa.string()),
+        "duration_s": pa.array([None if row["duration_s"] == "" else float(row["duration_s"]) for row in rows],
+                               pa.float64()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1), pa.float32()), matrix.shape[1],
+                                                       mask=pa.array(~ok)),
+    }
+    if any(row.get("frames") for row in rows):
+        columns["frames"] = pa.array([row.get("frames", "") for row in rows], pa.string())
+    return pa.table(columns, metadata={"byola": json.dumps({"settings": settings}, sort_keys=True)})
+
+
+def _output_files(out: Path) -> list[str]:
+    """The output files of either format present in ``out`` (names relative to it)."""
+    names = [name for name in ("embeddings.npy", "index.csv") if (out / name).exists()]
+    return names + sorted(f"{PARQUET_DIR}/{p.name}" for p in (out / PARQUET_DIR).glob("part-*.parquet"))
+
+
+def commit_output(out: Path, contents: Mapping[str, Callable[[Path], None]], fields: dict) -> None:
+    """Replace ``out``'s output as one commit: remove the manifest (from then on the folder reads as incomplete),
+    remove output files of an earlier run that ``contents`` does not name (the other format, other parts), make
+    each file of ``contents`` (name → a function writing ``out/name`` atomically), then write the manifest naming
+    their sizes and SHA-256, ``fields`` and the next generation number."""
+    manifest_path = out / MANIFEST
+    generation = _read_manifest(out).get("generation", 0) if manifest_path.exists() else 0
+    manifest_path.unlink(missing_ok=True)
+    fsync_dir(out)
+    for name in _output_files(out):
+        if name not in contents:
+            (out / name).unlink()
+    for name, make in contents.items():
+        (out / name).parent.mkdir(exist_ok=True)
+        make(out / name)
+    for folder in {(out / name).parent for name in contents} - {out}:
+        fsync_dir(folder)
+    manifest = {"format": MANIFEST_FORMAT, "generation": generation + 1, **fields,
+                "contents": {name: {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
+                             for name in contents}}
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+    fsync_dir(out)
 
 
 def _shards(folder: Path) -> list[Path]:
@@ -264,9 +368,9 @@ class EmbedOutput:
     generation: int
 
 
-def read_embeddings(out: str | os.PathLike, verify: bool = True) -> EmbedOutput:
-    """Read an embed output folder, checking that it is complete: the manifest exists and the sizes (and, with
-    ``verify``, the SHA-256) of embeddings.npy and index.csv match it. Raises `IncompleteOutput` otherwise."""
+def check_output(out: str | os.PathLike, verify: bool = True) -> dict:
+    """The manifest of a complete embed output folder: it exists and the sizes (and, with ``verify``, the SHA-256)
+    of the files it names match. Raises `IncompleteOutput` otherwise."""
     out = Path(out)
     manifest = _read_manifest(out)
     if manifest.get("format") != MANIFEST_FORMAT:
@@ -280,9 +384,30 @@ def read_embeddings(out: str | os.PathLike, verify: bool = True) -> EmbedOutput:
             raise IncompleteOutput(f"{path} does not match {out / MANIFEST} (generation "
                                    f"{manifest['generation']}): the folder was modified or a run was interrupted; "
                                    "rerun the same byola embed command")
-    embeddings = np.load(out / "embeddings.npy", allow_pickle=False)
-    with open(out / "index.csv", newline="", encoding="utf-8") as f:
-        index = list(csv.DictReader(f))
+    return manifest
+
+
+def read_embeddings(out: str | os.PathLike, verify: bool = True) -> EmbedOutput:
+    """Read an embed output folder of either format, checking that it is complete (`check_output`). Raises
+    `IncompleteOutput` otherwise."""
+    out = Path(out)
+    manifest = check_output(out, verify)
+    if "index.csv" in manifest["contents"]:
+        embeddings = np.load(out / "embeddings.npy", allow_pickle=False)
+        with open(out / "index.csv", newline="", encoding="utf-8") as f:
+            index = list(csv.DictReader(f))
+    else:  # Parquet: the files the manifest names, in part order
+        table = _pyarrow().concat_tables([_pyarrow().parquet.read_table(out / name)
+                                          for name in sorted(manifest["contents"])])
+        ok = np.array([status == "ok" for status in table["status"].to_pylist()], dtype=bool)
+        vectors = table["embedding"].combine_chunks()
+        dim = vectors.type.list_size
+        embeddings = vectors.values.to_numpy(zero_copy_only=False).reshape(-1, dim)[ok]
+        index, row = [], 0
+        for rec, good in zip(table.drop_columns(["embedding"]).to_pylist(), ok):
+            rec["duration_s"] = "" if rec["duration_s"] is None else str(rec["duration_s"])
+            rec["row"], row = (str(row), row + 1) if good else ("", row)
+            index.append(rec)
     for row in index:
         row["row"] = int(row["row"]) if row["row"] != "" else None
     return EmbedOutput(embeddings, index, manifest["settings"], manifest["generation"])
@@ -451,9 +576,11 @@ def frames_name(file: str) -> str:
 def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
                 batch_size: int = 64, frames: bool = False, num_workers: int | None = None,
                 max_load_sec: float = 60.0, progress: bool = True, flush_every: int = 256,
-                decoded: DecodedWaves | None = None) -> EmbedSummary:
+                decoded: DecodedWaves | None = None, format: str = "npy", part: Part | None = None) -> EmbedSummary:
     """Embed `paths` into `out`: `embeddings.npy` (float32, one row per ok file), `index.csv` (one line per path,
     in the given order, paths absolute but links not resolved) and `manifest.json` (see the module docstring).
+    With ``format="parquet"``, one Parquet file (`parquet_name`, columns as in `parquet_table`) replaces the first
+    two. ``part`` marks the job as one part of a sharded job (`byola.embed_parts`; recorded in the manifest).
 
     Files are read in chunks of `batch_size` (at most 32 in CPU workers); the clips of a chunk with equal decoded
     length form one model batch. Memory stays bounded whatever the length: clips longer than `CHUNK_FRAMES`
@@ -471,13 +598,22 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
     (benchmarks/embed_speed.py). With `num_workers=0` everything runs in this process. `decoded`: waveforms kept
     by an earlier pass (`Embedder.fit_norm_stats(..., keep=...)`), used instead of decoding those files again.
     """
-    check_options(batch_size, num_workers, max_load_sec, flush_every)
+    check_options(batch_size, num_workers, max_load_sec, flush_every, format)
     out = Path(out)
     files = [os.path.abspath(p) for p in paths]
     if len(set(files)) != len(files):
         raise EmbedJobError("duplicate input files")
     if embedder.prenorm is None:
         embedder._normalized_logmel(torch.zeros(1, 1))  # raises the missing-statistics error before any work
+    with writing(out):
+        return _run(embedder, files, out, batch_size, frames, num_workers, max_load_sec, progress, flush_every,
+                    decoded, format, part)
+
+
+@contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """Create ``out`` if needed and hold its writer lock (``out/.byola_embed/lock``) meanwhile: one job or merge
+    writes into a folder at a time. Raises `EmbedJobError` when another holds it."""
     _make_own_dir(out)
     _make_own_dir(out / _STATE_DIR)
     lock = FolderLock(out / _STATE_DIR, "lock")
@@ -490,14 +626,14 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
         raise EmbedJobError(f"cannot lock {lock.path}: {err.strerror} (a link or another file placed there?)") \
             from err
     try:
-        return _run(embedder, files, out, batch_size, frames, num_workers, max_load_sec, progress, flush_every,
-                    decoded)
+        yield
     finally:
         lock.release()
 
 
 def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frames: bool, num_workers: int | None,
-         max_load_sec: float, progress: bool, flush_every: int, decoded: DecodedWaves | None) -> EmbedSummary:
+         max_load_sec: float, progress: bool, flush_every: int, decoded: DecodedWaves | None, format: str,
+         part: Part | None) -> EmbedSummary:
     on_cpu = embedder.device.type == "cpu"
     state = _State(out, job_settings(embedder, frames, max_load_sec), getattr(embedder, "norm_stats_source", ""))
     had_state = bool(state.shards)
@@ -548,5 +684,5 @@ def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frame
             state.write(pending_records, pending_emb, embedder.embed_dim)
     if had_state:
         state.compact(embedder.embed_dim)
-    ok, failures = state.commit(out, files, embedder.embed_dim)
+    ok, failures = state.commit(out, files, embedder.embed_dim, format, part)
     return EmbedSummary(ok=ok, failed=len(failures), reused=reused, out=out, failures=failures)
