@@ -140,7 +140,7 @@ def check_options(batch_size: int = 64, num_workers: int | None = None, max_load
     if format not in FORMATS:
         raise EmbedJobError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if format == "parquet":
-        _pyarrow()
+        pyarrow_module()
 
 
 def job_settings(embedder: Embedder, frames: bool, max_load_sec: float) -> dict:
@@ -150,12 +150,13 @@ def job_settings(embedder: Embedder, frames: bool, max_load_sec: float) -> dict:
     return {**embedder.settings(), "frames": bool(frames), "max_load_sec": float(max_load_sec)}
 
 
-def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+def differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """The settings that differ between ``old`` and ``new`` (nested keys dotted), each with both values."""
     names = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, Mapping) and isinstance(b, Mapping):
-            names += _differences(a, b, f"{prefix}{key}.")
+            names += differences(a, b, f"{prefix}{key}.")
         elif a != b:
             names.append(f"{prefix}{key} ({a!r} there, {b!r} now)")
     return names
@@ -180,7 +181,7 @@ class _State:
         meta = self.dir / "settings.json"
         if meta.exists():
             previous = json.loads(meta.read_text()).get("settings", {})
-            changed = _differences(previous, settings)
+            changed = differences(previous, settings)
             if changed:
                 raise EmbedJobError(f"{out} holds embeddings made with other settings: {'; '.join(changed)}; "
                                     "choose another --out or delete it")
@@ -248,7 +249,7 @@ class _State:
         if format == "parquet":
             table = parquet_table(rows, matrix, self.settings)
             contents = {parquet_name(part): lambda path: atomic_write_with(
-                path, lambda tmp: _pyarrow().parquet.write_table(table, tmp))}
+                path, lambda tmp: pyarrow_module().parquet.write_table(table, tmp))}
         else:
             index_bytes = index_csv(rows)  # everything that can fail is done before the first write
             contents = {"embeddings.npy": lambda path: _save_npy(path, matrix),
@@ -275,7 +276,7 @@ def index_csv(rows: list[dict]) -> bytes:
     return text.getvalue().encode("utf-8")
 
 
-def _pyarrow():
+def pyarrow_module():
     """``pyarrow`` with ``pyarrow.parquet`` loaded, or `EmbedJobError` naming the extra to install."""
     try:
         import pyarrow
@@ -289,7 +290,7 @@ def parquet_table(rows: list[dict], matrix: np.ndarray, settings: dict):
     """A `pyarrow.Table` of `rows` (as for `index_csv`): columns ``file, status, error, duration_s`` (null for
     failed files), ``embedding`` (fixed-size list of float32; null for failed files) and, when any row names one,
     ``frames`` (the frames file, relative to OUTDIR). The job's settings go in the schema metadata (``byola``)."""
-    pa = _pyarrow()
+    pa = pyarrow_module()
     ok = np.array([row["status"] == "ok" for row in rows], dtype=bool)
     full = np.zeros((len(rows), matrix.shape[1]), np.float32)
     full[ok] = matrix
@@ -397,7 +398,7 @@ def read_embeddings(out: str | os.PathLike, verify: bool = True) -> EmbedOutput:
         with open(out / "index.csv", newline="", encoding="utf-8") as f:
             index = list(csv.DictReader(f))
     else:  # Parquet: the files the manifest names, in part order
-        table = _pyarrow().concat_tables([_pyarrow().parquet.read_table(out / name)
+        table = pyarrow_module().concat_tables([pyarrow_module().parquet.read_table(out / name)
                                           for name in sorted(manifest["contents"])])
         ok = np.array([status == "ok" for status in table["status"].to_pylist()], dtype=bool)
         vectors = table["embedding"].combine_chunks()

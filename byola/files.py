@@ -12,6 +12,8 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -92,6 +94,27 @@ def atomic_write_with(path: PathLike, write: Callable[[str], None]) -> None:
         commit(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_link(src: PathLike, path: PathLike) -> None:
+    """Make ``path`` a hard link to ``src`` (a copy where the file system has no hard links or ``src`` is on
+    another one), atomically: the link is made under a fresh name beside ``path`` (``os.link`` never follows or
+    replaces a placed file), then committed like any atomic write. For immutable outputs only: both names share
+    one file."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        os.link(src, tmp)
+    except OSError as err:
+        if err.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        atomic_write_with(path, lambda t: shutil.copyfile(src, t))
+        return
+    try:
+        commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -32,6 +32,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -91,15 +92,16 @@ def default_device() -> torch.device:
     return torch.device(f"cuda:{local_rank}")
 
 
-def init_distributed(device: torch.device | str) -> bool:
+def init_distributed(device: torch.device | str, timeout: timedelta | None = None) -> bool:
     """Create the default process group from ``torchrun``'s environment when ``WORLD_SIZE > 1`` and none exists
-    (nccl for a CUDA device, else gloo). Returns True when it created one (the caller then destroys it)."""
+    (nccl for a CUDA device, else gloo; ``timeout``: how long a collective waits, default PyTorch's). Returns True
+    when it created one (the caller then destroys it)."""
     device = torch.device(device)
     if dist_info().world_size == 1 or dist.is_initialized():
         return False
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return True
 
 
