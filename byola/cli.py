@@ -82,6 +82,28 @@ def _input_files(inputs) -> list:
         raise UsageError(str(err)) from None
 
 
+def _embed_one_process(embedder, files: list, out: str, progress: bool, job: dict):
+    """`byola embed` in one process: normalization statistics from the checkpoint, else those recorded in OUT,
+    else computed from the inputs (the waveforms that pass decodes are kept for the embedding pass)."""
+    from .decoded import DecodedWaves
+    from .embed_job import recorded_norm_stats
+    from .norm import NormStats
+
+    with DecodedWaves() as decoded:
+        if embedder.norm_stats is None:
+            recorded = recorded_norm_stats(out)
+            if recorded:
+                embedder.set_norm_stats(NormStats(recorded[0], recorded[1], 0), source="recorded in OUT")
+                print(f"checkpoint has no normalization statistics: using those recorded in {out} by its first run "
+                      f"(mean={recorded[0]:.6f} std={recorded[1]:.6f})", file=sys.stderr)
+            else:
+                print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs "
+                      f"(recorded in {out} and reused when resuming)", file=sys.stderr)
+                stats = embedder.fit_norm_stats(files, keep=decoded)
+                print(f"normalization statistics: mean={stats.mean:.6f} std={stats.std:.6f}", file=sys.stderr)
+        return embedder.embed_files(files, out, progress=progress, decoded=decoded, **job)
+
+
 class Commands:
     """byola: BYOL for Audio — embed audio files, pretrain on your corpus, evaluate on downstream tasks."""
 
@@ -89,13 +111,16 @@ class Commands:
               out: str = "byola_embeddings", frames: bool = False, device: str = "cpu", batch_size: int = 64,
               num_workers: int | None = None, norm_stats: str | None = None, frontend_backend: str = "torchaudio",
               compile: bool = False, precision: str = "fp32", progress: bool = True,
-              accept_license: bool = False) -> None:
+              accept_license: bool = False, format: str = "npy", shard: str | None = None,
+              merge: str | None = None) -> None:
         """Embed audio files, folders (recursive) and text files listing paths.
 
         Writes OUT/embeddings.npy (float32, one row per embedded file), OUT/index.csv (file,row,status,error,
         duration_s; one line per input) and, last, OUT/manifest.json: the folder is complete when it exists
         (`byola.embed.read_embeddings` checks it). Rerunning on the same OUT reuses finished files and refuses
-        other settings. Exits 1 if any file failed.
+        other settings. Exits 1 if any file failed. Under torchrun, each rank embeds a part of the sorted inputs on
+        its own device and rank 0 merges the parts into the same OUT one process would write; --shard does one
+        part without torchrun, --merge joins the parts (docs/scaling.md).
 
         Args:
             inputs: files, folders and .txt/.lst path lists.
@@ -103,12 +128,13 @@ class Commands:
             checkpoint: a byola .safetensors checkpoint or an official BYOL-A .pth file (converted in memory).
             out: output folder.
             frames: also write frame-level embeddings with timestamps (OUT/frames/*.npz).
-            device: torch device, e.g. cpu or cuda.
+            device: torch device, e.g. cpu or cuda (under torchrun, cuda is cuda:LOCAL_RANK).
             batch_size: files per encoder batch.
             num_workers: worker processes decoding audio (default: one per CPU core on CPU, where they also run
                 the model on one thread each, 2 with a GPU); 0 runs everything in this process.
             norm_stats: MEAN,STD pre-normalization statistics; for checkpoints that carry none (official
-                weights), they are otherwise computed exactly from the inputs in a first pass.
+                weights), they are otherwise computed exactly from the inputs in a first pass (not in a sharded
+                job, which needs them given).
             frontend_backend: log-mel backend: torchaudio (default; equal to the others within 4e-4 nats and the
                 fastest on CPU), nnaudio, librosa, or "checkpoint" for the one the model was trained with.
             compile: torch.compile the encoder (worth it for long jobs of equal-length clips).
@@ -116,24 +142,47 @@ class Commands:
                 bf16, with a warning) or auto (bf16 only on a CUDA GPU or CPU with native bf16).
             progress: show a progress bar.
             accept_license: accept the licence of a downloaded model (asked once, on first download).
+            format: npy (embeddings.npy + index.csv) or parquet (OUT/parquet/part-K-of-N.parquet, one file per
+                part, read as one dataset by pandas or pyarrow; needs pip install 'byola[parquet]').
+            shard: K/N: embed only part K of N (counted from 0) of the sorted inputs into OUT/parts/, for jobs
+                started without torchrun (SLURM job arrays, a loop over machines); then merge with --merge OUT.
+            merge: OUT: join the complete parts under OUT/parts into OUT (no inputs); a missing or unfinished part
+                is named and nothing is written.
 
         Examples:
             byola embed examples/ --out emb
             byola embed clips/ list.txt --model byol-a-v1-d2048 --out emb --frames --device cuda
             byola embed clips/ --checkpoint runs/v2/model.safetensors --out emb
+            torchrun --nproc_per_node 8 -m byola embed corpus/ --out emb --device cuda --format parquet
+            byola embed corpus/ --out /shared/emb --shard $SLURM_ARRAY_TASK_ID/16
+            byola embed --merge /shared/emb
         """
+        from .embed_job import check_options
+
+        if merge is not None:
+            if inputs or shard is not None:
+                raise UsageError("--merge takes only the output folder", "byola embed --merge OUT")
+            from .embed_parts import merge_parts
+
+            summary = merge_parts(merge)
+            print(summary.describe(), file=sys.stderr)
+            raise SystemExit(1 if summary.failed else 0)
         if not inputs:
             raise UsageError("no inputs", "give at least one audio file, folder or .txt list")
-        from .embed_job import check_options, recorded_norm_stats
-
-        check_options(batch_size=batch_size, num_workers=num_workers)
+        check_options(batch_size=batch_size, num_workers=num_workers, format=format)
         _check_precision(precision)
         stats = _parse_stats(norm_stats)
         ref = _model_ref(model, checkpoint, accept_license)
         check_device(device)
-        from .decoded import DecodedWaves
+        from .embed_parts import parse_shard
+        from .engine.trainer import default_device, dist_info
+
+        part, ranks = parse_shard(shard) if shard is not None else None, dist_info()
+        if part and ranks.world_size > 1:
+            raise UsageError("--shard under torchrun", "torchrun gives each rank its part: drop --shard")
+        if ranks.world_size > 1 and device == "cuda":
+            device = str(default_device())
         from .embed import load
-        from .norm import NormStats
 
         files = _input_files(inputs)
         if not files:
@@ -142,20 +191,22 @@ class Commands:
         embedder = load(ref, device=device, norm_stats=stats,
                         frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend,
                         compile=compile, accept_license=accept_license, precision=precision)
-        with DecodedWaves() as decoded:  # the statistics pass keeps what it decodes for the embedding pass
-            if embedder.norm_stats is None:
-                recorded = recorded_norm_stats(out)
-                if recorded:
-                    embedder.set_norm_stats(NormStats(recorded[0], recorded[1], 0), source="recorded in OUT")
-                    print(f"checkpoint has no normalization statistics: using those recorded in {out} by its first "
-                          f"run (mean={recorded[0]:.6f} std={recorded[1]:.6f})", file=sys.stderr)
-                else:
-                    print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs "
-                          f"(recorded in {out} and reused when resuming)", file=sys.stderr)
-                    stats = embedder.fit_norm_stats(files, keep=decoded)
-                    print(f"normalization statistics: mean={stats.mean:.6f} std={stats.std:.6f}", file=sys.stderr)
-            summary = embedder.embed_files(files, out, batch_size=batch_size, frames=frames,
-                                           num_workers=num_workers, progress=progress, decoded=decoded)
+        job = dict(batch_size=batch_size, frames=frames, num_workers=num_workers, format=format)
+        if ranks.world_size > 1:
+            from .embed_parts import embed_distributed
+
+            summary = embed_distributed(embedder, files, out, progress=progress and ranks.is_main, **job)
+            if not ranks.is_main:
+                return
+        elif part:
+            from .embed_parts import embed_part
+
+            summary = embed_part(embedder, files, out, *part, progress=progress, **job)
+            print(f"{summary.describe()}\npart {part[0]}/{part[1]} complete; once all {part[1]} parts are: "
+                  f"byola embed --merge {out}", file=sys.stderr)
+            raise SystemExit(1 if summary.failed else 0)
+        else:
+            summary = _embed_one_process(embedder, files, out, progress, job)
         print(summary.describe(), file=sys.stderr)
         if summary.failed:
             raise SystemExit(1)

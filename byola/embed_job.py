@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -32,6 +33,7 @@ from .audio import AUDIO_EXTENSIONS, AudioError, audio_duration, load_audio_if_s
 from .decoded import DecodedWaves
 from .embed import Embedder, pool_frames
 from .errors import UsageError
+from .extras import optional_module
 from .files import (FolderBusy, FolderLock, atomic_write_text, atomic_write_with, atomic_writer, file_sha256, fsync_dir,
                     list_inputs)
 
@@ -43,6 +45,9 @@ PARQUET_DIR = "parquet"
 _STATE_DIR = ".byola_embed"
 _CPU_WORKER_CHUNK = 32
 _SHOWN_FAILURES = 5
+DEFAULT_BATCH_SIZE = 64
+pa = optional_module("pyarrow", "parquet")
+pq = optional_module("pyarrow.parquet", "parquet")
 
 
 class EmbedJobError(UsageError):
@@ -89,6 +94,7 @@ class Part:
     count: int
     inputs: int
     inputs_sha256: str
+    block: int = 1
 
     @property
     def name(self) -> str:
@@ -96,7 +102,16 @@ class Part:
         return f"{self.index:05d}-of-{self.count:05d}"
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "count": self.count, "inputs": self.inputs, "inputs_sha256": self.inputs_sha256}
+        return {"index": self.index, "count": self.count, "inputs": self.inputs, "inputs_sha256": self.inputs_sha256,
+                "block": self.block}
+
+
+def shard_block(batch_size: int) -> int:
+    """A number of files that is a whole number of the job's read chunks however it runs (`_run`: ``batch_size``
+    files, at most `_CPU_WORKER_CHUNK` in CPU workers). Parts of a sharded job that start at its multiples read the
+    same chunks, hence make the same model batches, as one process: the same bytes (a file's embedding depends on
+    its batch only through float rounding, but that rounding is not always zero)."""
+    return math.lcm(batch_size, min(batch_size, _CPU_WORKER_CHUNK))
 
 
 def parquet_name(part: Part | None) -> str:
@@ -140,7 +155,7 @@ def check_options(batch_size: int = 64, num_workers: int | None = None, max_load
     if format not in FORMATS:
         raise EmbedJobError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if format == "parquet":
-        pyarrow_module()
+        pq.write_table  # noqa: B018 -- imports pyarrow now: a missing extra is refused before any work
 
 
 def job_settings(embedder: Embedder, frames: bool, max_load_sec: float) -> dict:
@@ -248,8 +263,7 @@ class _State:
                 failures.append((file, rec.get("error", "")))
         if format == "parquet":
             table = parquet_table(rows, matrix, self.settings)
-            contents = {parquet_name(part): lambda path: atomic_write_with(
-                path, lambda tmp: pyarrow_module().parquet.write_table(table, tmp))}
+            contents = {parquet_name(part): lambda path: atomic_write_with(path, lambda tmp: pq.write_table(table, tmp))}
         else:
             index_bytes = index_csv(rows)  # everything that can fail is done before the first write
             contents = {"embeddings.npy": lambda path: _save_npy(path, matrix),
@@ -276,21 +290,10 @@ def index_csv(rows: list[dict]) -> bytes:
     return text.getvalue().encode("utf-8")
 
 
-def pyarrow_module():
-    """``pyarrow`` with ``pyarrow.parquet`` loaded, or `EmbedJobError` naming the extra to install."""
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401 -- used as pyarrow.parquet
-    except ImportError:
-        raise EmbedJobError("--format parquet needs pyarrow: pip install 'byola[parquet]'") from None
-    return pyarrow
-
-
 def parquet_table(rows: list[dict], matrix: np.ndarray, settings: dict):
     """A `pyarrow.Table` of `rows` (as for `index_csv`): columns ``file, status, error, duration_s`` (null for
     failed files), ``embedding`` (fixed-size list of float32; null for failed files) and, when any row names one,
     ``frames`` (the frames file, relative to OUTDIR). The job's settings go in the schema metadata (``byola``)."""
-    pa = pyarrow_module()
     ok = np.array([row["status"] == "ok" for row in rows], dtype=bool)
     full = np.zeros((len(rows), matrix.shape[1]), np.float32)
     full[ok] = matrix
@@ -398,7 +401,7 @@ def read_embeddings(out: str | os.PathLike, verify: bool = True) -> EmbedOutput:
         with open(out / "index.csv", newline="", encoding="utf-8") as f:
             index = list(csv.DictReader(f))
     else:  # Parquet: the files the manifest names, in part order
-        table = pyarrow_module().concat_tables([pyarrow_module().parquet.read_table(out / name)
+        table = pa.concat_tables([pq.read_table(out / name)
                                           for name in sorted(manifest["contents"])])
         ok = np.array([status == "ok" for status in table["status"].to_pylist()], dtype=bool)
         vectors = table["embedding"].combine_chunks()
@@ -575,7 +578,7 @@ def frames_name(file: str) -> str:
 
 
 def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
-                batch_size: int = 64, frames: bool = False, num_workers: int | None = None,
+                batch_size: int = DEFAULT_BATCH_SIZE, frames: bool = False, num_workers: int | None = None,
                 max_load_sec: float = 60.0, progress: bool = True, flush_every: int = 256,
                 decoded: DecodedWaves | None = None, format: str = "npy", part: Part | None = None) -> EmbedSummary:
     """Embed `paths` into `out`: `embeddings.npy` (float32, one row per ok file), `index.csv` (one line per path,

@@ -4,9 +4,10 @@ joins the parts into the OUTDIR a single process would write (same files, same r
 The processes are torchrun's ranks (`embed_distributed`: rank 0 merges once every rank is done) or N jobs of a
 scheduler (`embed_part`, then `merge_parts` once all are complete), on any machines that share OUTDIR's file system.
 
-- Shard: part K of N embeds files ``[K·T // N, (K+1)·T // N)`` of the T inputs in the order given (the sorted
-  listing of `byola.files.list_inputs` from the command line): contiguous, so the parts in order are the single
-  process's order, and balanced by file count (not by duration).
+- Shard: part K of N embeds a contiguous run of about T/N of the T inputs in the order given (the sorted listing
+  of `byola.files.list_inputs` from the command line; `shard_bounds`), so the parts in order are the single
+  process's order; balanced by file count (not by duration); cut at multiples of `byola.embed_job.shard_block`,
+  so each part makes the same model batches as one process would, hence the same bytes.
 - Part: ``OUTDIR/parts/KKKKK-of-NNNNN/`` is a complete embed job folder of its own (`byola.embed_job`: resumable,
   locked, manifest written last), whose manifest also records the part: K, N, T and the digest of the whole
   input list. A process writes only its own part folder; only the merge writes OUTDIR's own files.
@@ -28,8 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from .embed import Embedder
-from .embed_job import (EmbedJobError, EmbedSummary, IncompleteOutput, Part, check_output, commit_output, differences,
-                        embed_files, index_csv, parquet_name, printable, pyarrow_module, writing)
+from .embed_job import (DEFAULT_BATCH_SIZE, EmbedJobError, EmbedSummary, IncompleteOutput, Part, check_output, commit_output, differences,
+                        embed_files, index_csv, parquet_name, pq, printable, shard_block, writing)
 from .files import atomic_link, atomic_write_with, json_digest
 
 PARTS_DIR = "parts"
@@ -39,10 +40,12 @@ MERGE_WAIT = timedelta(hours=24)
 _SHOWN_PROBLEMS = 5
 
 
-def shard_bounds(total: int, index: int, count: int) -> tuple[int, int]:
-    """The files ``[lo, hi)`` of ``total`` inputs that part ``index`` of ``count`` embeds: contiguous, sizes that
-    differ by at most one, every file in exactly one part."""
-    return index * total // count, (index + 1) * total // count
+def shard_bounds(total: int, index: int, count: int, block: int = 1) -> tuple[int, int]:
+    """The files ``[lo, hi)`` of ``total`` inputs that part ``index`` of ``count`` embeds: contiguous, starting at
+    a multiple of ``block`` (`byola.embed_job.shard_block`), sizes that differ by at most one block, every file in
+    exactly one part."""
+    blocks = -(-total // block)
+    return min(total, index * blocks // count * block), min(total, (index + 1) * blocks // count * block)
 
 
 def parse_shard(text: str | Sequence[int]) -> tuple[int, int]:
@@ -75,8 +78,9 @@ def embed_part(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str 
     files = [os.path.abspath(p) for p in paths]
     if len(set(files)) != len(files):
         raise EmbedJobError("duplicate input files")
-    lo, hi = shard_bounds(len(files), index, count)
-    part = Part(index, count, len(files), _inputs_digest([printable(f) for f in files]))
+    block = shard_block(job.get("batch_size", DEFAULT_BATCH_SIZE))
+    lo, hi = shard_bounds(len(files), index, count, block)
+    part = Part(index, count, len(files), _inputs_digest([printable(f) for f in files]), block)
     return embed_files(embedder, files[lo:hi], part_folder(out, part), part=part, **job)
 
 
@@ -132,6 +136,9 @@ def merge_parts(out: str | os.PathLike, count: int | None = None, verify: bool =
             raise EmbedJobError(f"cannot merge {out}: part {k}/{count} was made from other inputs than part "
                                 f"0/{count} ({manifest['part']['inputs']} vs {first['part']['inputs']} files, or "
                                 "other paths); rerun it with the same inputs")
+        if manifest["part"].get("block") != first["part"].get("block"):
+            raise EmbedJobError(f"cannot merge {out}: parts 0/{count} and {k}/{count} were split for different "
+                                "--batch_size; rerun one of them with the other's")
         if ("index.csv" in manifest["contents"]) != ("index.csv" in first["contents"]):
             raise EmbedJobError(f"cannot merge {out}: parts 0/{count} and {k}/{count} have different --format; "
                                 "rerun one of them")
@@ -172,7 +179,7 @@ def _read_index(folder: Path) -> list[dict]:
 
 
 def _read_parquet_rows(folder: Path) -> list[dict]:
-    table = pyarrow_module().parquet.read_table(folder / parquet_name(_part_of(folder)))
+    table = pq.read_table(folder / parquet_name(_part_of(folder)))
     return table.drop_columns(["embedding"]).to_pylist()
 
 

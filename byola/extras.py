@@ -5,6 +5,7 @@ one-line :class:`byola.errors.UsageError` naming the extra to install.
   ``byola/augment/image.py``, ``byola/image_data.py``); audio embedding, evaluation and pretraining never use them.
 - ``librosa``: the ``librosa`` log-mel backend (``byola/frontend.py``; the reference, BYOL-A v1's own front end),
   with numba and llvmlite about 220 MB; the default backend, torchaudio, computes the same log-mel.
+- ``parquet``: pyarrow, for ``byola embed --format parquet`` (``byola/embed_job.py``).
 """
 from __future__ import annotations
 
