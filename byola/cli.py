@@ -284,6 +284,11 @@ class Commands:
         if seeds < 1:
             raise UsageError(f"--seeds {seeds}: at least one seed is needed")
         _check_precision(precision)
+        from .engine.trainer import dist_info
+
+        if dist_info().world_size > 1:  # every rank would embed everything and write the same report
+            raise UsageError("byola evaluate runs as one process: its embedding phase is not sharded",
+                             "run it without torchrun (docs/scaling.md)")
         ref = _model_ref(model, checkpoint, accept_license)
         check_device(device)
         from .embed import load

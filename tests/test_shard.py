@@ -282,3 +282,13 @@ def test_parquet_without_pyarrow_is_refused_naming_the_extra(tmp_path, tone_wav)
     assert done.returncode == 2
     assert "pip install 'byola[parquet]'" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_under_torchrun_is_refused(tmp_path):
+    """evaluate's embedding phase is not sharded: under torchrun it stops before any work instead of running the
+    whole evaluation once per rank into the same report."""
+    env = dict(_env(), WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
+    done = subprocess.run([sys.executable, "-m", "byola", "evaluate", "fsdd_digit", "--out", str(tmp_path / "eval")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "not sharded" in done.stderr, done.stderr
+    assert not (tmp_path / "eval").exists()
