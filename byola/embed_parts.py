@@ -205,13 +205,16 @@ def embed_distributed(embedder: Embedder, paths: Sequence[str | os.PathLike], ou
                       **job) -> EmbedSummary:
     """Under torchrun: this rank embeds part RANK of WORLD_SIZE (`embed_part`); once every rank is done (a gloo
     all-gather, whatever the device), rank 0 merges the parts and returns the merged summary, the others their
-    part's. A rank that fails raises its error; rank 0 then raises an `EmbedJobError` naming every failed part
+    part's. On a CPU, the default number of workers is this process's cores divided among the node's ranks. A rank that fails raises its error; rank 0 then raises an `EmbedJobError` naming every failed part
     (nothing is merged; the finished parts stay for the rerun)."""
     import torch.distributed as dist
 
     from .engine.trainer import dist_info, init_distributed
 
     info = dist_info()
+    if job.get("num_workers") is None and embedder.device.type == "cpu":  # the node's cores shared by its ranks
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        job["num_workers"] = max(1, len(os.sched_getaffinity(0)) // local_ranks)
     created = init_distributed("cpu", timeout=MERGE_WAIT)
     try:
         error: BaseException | None = None
