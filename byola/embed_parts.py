@@ -144,8 +144,8 @@ def merge_parts(out: str | os.PathLike, count: int | None = None, verify: bool =
                                 "rerun one of them")
     folders = [part_folder(out, part) for part in parts]
     npy = "index.csv" in first["contents"]
-    rows = [{**row, "folder": folder} for folder in folders
-            for row in (_read_index(folder) if npy else _read_parquet_rows(folder))]
+    rows = [{**row, "folder": folder} for part, folder in zip(parts, folders)
+            for row in (_read_index(folder) if npy else _read_parquet_rows(folder / parquet_name(part)))]
     if len(rows) != first["part"]["inputs"] or \
             _inputs_digest([row["file"] for row in rows]) != first["part"]["inputs_sha256"]:
         raise EmbedJobError(f"cannot merge {out}: the parts' files are not the inputs they were made from (a part "
@@ -178,14 +178,8 @@ def _read_index(folder: Path) -> list[dict]:
         return [{"frames": "", **row} for row in csv.DictReader(f)]
 
 
-def _read_parquet_rows(folder: Path) -> list[dict]:
-    table = pq.read_table(folder / parquet_name(_part_of(folder)))
-    return table.drop_columns(["embedding"]).to_pylist()
-
-
-def _part_of(folder: Path) -> Part:
-    index, count = (int(x) for x in folder.name.split("-of-"))
-    return Part(index, count, 0, "")
+def _read_parquet_rows(path: Path) -> list[dict]:
+    return pq.read_table(path).drop_columns(["embedding"]).to_pylist()
 
 
 def _concatenate_npy(sources: list[Path], tmp: str, rows: int, dim: int) -> None:
