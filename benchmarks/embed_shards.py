@@ -12,6 +12,7 @@ the machine takes cores from the ranks). Skips when the data is absent.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -47,10 +48,9 @@ def main() -> None:
     if len(cores) < 2:
         print(f"skipped: needs 2 cores, this process may use {cores}")
         return
-    n_clips = sum(1 for _ in audio.rglob("*.wav"))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     embed = [sys.executable, "-m", "byola", "embed", str(audio), "--num_workers", "0", "--progress", "false"]
-    print(f"spcv2_12: {n_clips} clips; cores {cores[0]} and {cores[1]}; load average before: "
+    print(f"spcv2_12: {audio}; cores {cores[0]} and {cores[1]}; load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     best = {"1 rank": float("inf"), "2 ranks": float("inf")}
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +65,8 @@ def main() -> None:
                  "--no-python", "bash", "-c", pinned], env))
             identical = all((one / name).read_bytes() == (two / name).read_bytes()
                             for name in ("embeddings.npy", "index.csv", "manifest.json"))
-            print(f"  run {r + 1}: outputs byte-identical: {identical}")
+            n_clips = json.loads((one / "manifest.json").read_text())["files"]
+            print(f"  run {r + 1}: {n_clips} clips, outputs byte-identical: {identical}")
     rates = {k: n_clips / v for k, v in best.items()}
     for name, rate in rates.items():
         print(f"{name:8s} {best[name]:7.1f} s  {rate:7.1f} clips/s (end to end, best of {args.repeats})")
