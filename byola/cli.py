@@ -120,7 +120,7 @@ class Commands:
         (`byola.embed.read_embeddings` checks it). Rerunning on the same OUT reuses finished files and refuses
         other settings. Exits 1 if any file failed. Under torchrun, each rank embeds a part of the sorted inputs on
         its own device and rank 0 merges the parts into the same OUT one process would write; --shard does one
-        part without torchrun, --merge joins the parts (docs/embed.md).
+        part without torchrun, --merge joins the parts (docs/scaling.md).
 
         Args:
             inputs: files, folders and .txt/.lst path lists.
@@ -288,7 +288,7 @@ class Commands:
 
         if dist_info().world_size > 1:  # every rank would embed everything and write the same report
             raise UsageError("byola evaluate runs as one process: its embedding phase is not sharded",
-                             "run it without torchrun (docs/embed.md)")
+                             "run it without torchrun (docs/scaling.md)")
         ref = _model_ref(model, checkpoint, accept_license)
         check_device(device)
         from .embed import load
