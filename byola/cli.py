@@ -181,7 +181,10 @@ class Commands:
         if part and ranks.world_size > 1:
             raise UsageError("--shard under torchrun", "torchrun gives each rank its part: drop --shard")
         if ranks.world_size > 1 and device == "cuda":
-            device = str(default_device())
+            try:
+                device = str(default_device())
+            except RuntimeError as err:  # more ranks on this node than GPUs
+                raise UsageError(str(err).split(";")[0], "start at most one rank per GPU, or --device cpu") from None
         from .embed import load
 
         files = _input_files(inputs)
