@@ -1,10 +1,12 @@
 """The resumable files → embeddings job behind `byola embed`, and the reader of its output folder.
 
-OUTDIR holds ``embeddings.npy`` (float32, one row per ok file), ``index.csv`` (one line per input) and
-``manifest.json``, written last: it names the generation, the settings fingerprint and the size and SHA-256 of
-the other two files. The folder is complete exactly when the manifest exists and matches both files
-(`read_embeddings` checks it); a run removes the manifest before it replaces the files, so an interrupted commit
-is visible as an incomplete folder, never as a new matrix beside an old index.
+OUTDIR holds ``embeddings.npy`` (float32, one row per ok file) and ``index.csv`` (one line per input), or with
+``format="parquet"`` one Parquet file ``parquet/part-KKKKK-of-NNNNN.parquet`` holding both, and ``manifest.json``,
+written last: it names the generation, the settings fingerprint and the size and SHA-256 of the other files. The
+folder is complete exactly when the manifest exists and matches them (`read_embeddings` checks it); a run removes the
+manifest before it replaces the files, so an interrupted commit is visible as an incomplete folder, never as a new
+matrix beside an old index. A sharded job (`byola.embed_parts`) writes such a folder per part and merges them with
+the same commit (`commit_output`).
 
 The resume state lives in ``OUTDIR/.byola_embed``: ``settings.json`` (everything that changes the numbers), shard
 files of finished work, and ``lock`` (an advisory lock: one writer at a time, released when its holder dies).
@@ -137,7 +139,7 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     return found.all()
 
 
-def check_options(batch_size: int = 64, num_workers: int | None = None, max_load_sec: float = 60.0,
+def check_options(batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int | None = None, max_load_sec: float = 60.0,
                   flush_every: int = 256, format: str = "npy") -> None:
     """Raise `EmbedJobError` (one line) for option values that make no sense, and for ``--format parquet``
     without pyarrow."""
