@@ -109,11 +109,11 @@ class Part:
 
 
 def shard_block(batch_size: int) -> int:
-    """A number of files that is a whole number of the job's read chunks however it runs (`_run`: ``batch_size``
-    files, at most `_CPU_WORKER_CHUNK` in CPU workers). Parts of a sharded job that start at its multiples read the
-    same chunks, hence make the same model batches, as one process: the same bytes (a file's embedding depends on
-    its batch only through float rounding, but that rounding is not always zero)."""
-    return math.lcm(batch_size, min(batch_size, _CPU_WORKER_CHUNK))
+    """A number of files that is a whole number of the job's read chunks however it runs (`_chunk_size`, with or
+    without CPU workers). Parts of a sharded job that start at its multiples read the same chunks, hence make the
+    same model batches, as one process: the same bytes (a file's embedding depends on its batch only through float
+    rounding, but that rounding is not always zero)."""
+    return math.lcm(_chunk_size(batch_size, in_workers=True), _chunk_size(batch_size, in_workers=False))
 
 
 def parquet_name(part: Part | None) -> str:
