@@ -33,13 +33,6 @@ _spec.loader.exec_module(toy)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def _losses(run_dir: Path) -> list[float]:
     with open(run_dir / "log.csv", newline="") as f:
         return [float(r["loss"]) for r in csv.DictReader(f)]
@@ -50,9 +43,9 @@ def _torchrun(run_dir: Path, *args: str, check: bool = True) -> subprocess.Popen
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "trainer_toy.py"), str(run_dir), "--device", "cpu", *args]
     if check:
-        subprocess.run(cmd, check=True, env=_env(), timeout=180)
+        subprocess.run(cmd, check=True, env=toy.subprocess_env(), timeout=180)
         return None
-    return subprocess.Popen(cmd, env=_env())
+    return subprocess.Popen(cmd, env=toy.subprocess_env())
 
 
 # ------------------------------------------------------------------------------------------ layer and bank, 2 ranks

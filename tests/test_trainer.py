@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -17,20 +16,12 @@ import torch
 from byola.engine.trainer import Trainer, WarmupCosine, default_device, latest_checkpoint
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 _spec = importlib.util.spec_from_file_location("trainer_toy", HERE / "trainer_toy.py")
 toy = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(toy)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:
@@ -138,7 +129,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
     # A training subprocess (with a DataLoader worker) is killed mid-epoch after step 6; its last checkpoint is at
     # step 4. Meanwhile the uninterrupted reference runs here, in deterministic mode too.
     proc = subprocess.Popen([sys.executable, str(HERE / "trainer_toy.py"), str(run), "--workers", "1",
-                             "--hang-after", "6"], env=_env())
+                             "--hang-after", "6"], env=toy.subprocess_env())
     try:
         ref = toy.run(tmp_path / "a").state_dict()
         deadline = time.time() + 120
@@ -167,7 +158,7 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "trainer_toy.py"), str(run), "--steps", "5", "--checkpoint-every", "5", "--weights",
            str(weights), "--device", "cpu"]  # gloo on CPU: a one-GPU machine has no cuda:1
-    subprocess.run(cmd, check=True, env=_env(), timeout=180)
+    subprocess.run(cmd, check=True, env=toy.subprocess_env(), timeout=180)
     w0 = torch.load(tmp_path / "w0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "w1.pt", weights_only=True)
     for k in w0:

@@ -18,6 +18,16 @@ from torch import nn
 import torch.nn.functional as F
 
 DIM = 8
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for running this file (or torchrun on it) in a subprocess: byola importable from the
+    checkout, one torch thread per process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
 
 
 class ToyBYOL(nn.Module):
