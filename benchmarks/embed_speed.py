@@ -209,7 +209,7 @@ def cli_figures(data: Path, tmp: Path, ckpt: Path, ckpt_no_stats: Path, rounds: 
         if official:
             runs["official pipeline (--official)"] = official
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(rounds):
+    for _ in range(rounds):
         for name, cmd in runs.items():
             if isinstance(cmd, list) and "embed" in cmd:
                 cmd = cmd + ["--out", str(tmp / f"cli_{len(times[name])}_{abs(hash(name))}")]

@@ -8,11 +8,12 @@ time, for several ways of running the model step, each next to the plain eager P
 2. Step split on fixed batches: augmentation (log-mel, pre-norm, Mixup, RRC, fader, post-norm: AudioBatchViews) and
    the model step (forward, backward, Adam, EMA) per variant: ``eager`` (plain PyTorch, float32, contiguous),
    ``channels_last``, ``compile`` (torch.compile of the encoder), ``channels_last+compile``, ``bf16`` (autocast;
-   CUDA, and CPUs with native bf16 (byola.precision), or any CPU when asked). Variants run round-robin, step by step, from the same initial weights with the same
-   views and dropout seeds, so their loss curves are compared (max relative difference to eager) and slow drifts of
-   a shared machine's load hit every variant alike. Times are medians over the steps after the first (warm-up).
-   The variants run twice, each time in a child process: with glibc's default allocator and with
-   ``byola.runtime.keep_freed_memory`` (freed memory kept for reuse, as the ``byola`` command sets it).
+   CUDA, and CPUs with native bf16 (byola.precision), or any CPU when asked). Variants run round-robin, step by
+   step, from the same initial weights with the same views and dropout seeds, so their loss curves are compared (max
+   relative difference to eager) and slow drifts of a shared machine's load hit every variant alike. Times are
+   medians over the steps after the first (warm-up). The variants run twice, each time in a child process: with
+   glibc's default allocator and with ``byola.runtime.keep_freed_memory`` (freed memory kept for reuse, as the
+   ``byola`` command sets it).
 3. The full Trainer with the fastest variant for a few steps: data wait, augmentation and step time per step, from
    its CSV log.
 """
@@ -229,7 +230,7 @@ def main() -> None:
         medians = {name: statistics.median(times[1:] or times) for name, times, _ in runs}
         eager_losses = runs[0][2]
         eager_total = medians["eager"] + aug
-        for name, times, losses in runs:
+        for name, _, losses in runs:
             total = medians[name] + aug
             diff = max(abs(a - b) / abs(b) for a, b in zip(losses, eager_losses))
             print(f"{name:34s} {medians[name] * 1e3:9.0f} {args.batch / total:10.1f} {eager_total / total:8.2f}x "

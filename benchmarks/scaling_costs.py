@@ -1,4 +1,5 @@
-"""Per-sample costs of BYOL-A pretraining that bound an AudioSet-scale run (docs/scaling.md), on this machine, one thread.
+"""Per-sample costs of BYOL-A pretraining that bound an AudioSet-scale run (docs/scaling.md), on this machine, one
+thread.
 
     python benchmarks/scaling_costs.py [--clips 8] [--batch 32] [--d 3072] [--repeats 3]
 
@@ -75,7 +76,7 @@ def main() -> None:
             except (sf.LibsndfileError, TypeError, ValueError) as err:
                 print(f"1. decode {fmt}: not measured ({err})")
                 continue
-            ms = _median_ms(lambda: [load_audio(p) for p in paths], args.repeats) / len(paths)
+            ms = _median_ms(lambda paths=paths: [load_audio(p) for p in paths], args.repeats) / len(paths)
             print(f"1. decode + resample, 10 s 44.1 kHz stereo {fmt}: {ms:.1f} ms/clip "
                   f"({1000 / ms:.0f} clips/s per core)")
 

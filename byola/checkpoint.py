@@ -93,8 +93,8 @@ def save_checkpoint(path: str | os.PathLike, encoder: nn.Module, frontend_config
     prov = {"source": "byola"} | dict(provenance or {})
     prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     prov.setdefault("byola_version", __version__)
-    meta = {"format_version": FORMAT_VERSION, "modality": modality, "encoder": enc_cfg, "frontend": dict(frontend_config),
-            "norm_stats": _norm_stats_dict(norm_stats), "provenance": prov}
+    meta = {"format_version": FORMAT_VERSION, "modality": modality, "encoder": enc_cfg,
+            "frontend": dict(frontend_config), "norm_stats": _norm_stats_dict(norm_stats), "provenance": prov}
     header = json.dumps(meta, allow_nan=False)  # fails early on values JSON cannot carry
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ class LogMelSpectrogram(nn.Module):
             self.melspec = _BandedMelSpectrogram(self.sample_rate, n_fft, win_length, hop_length, self.f_min,
                                                  self.f_max, n_mels, self.power)
         else:
-            librosa.feature  # fail now, not at the first forward, when the `librosa` extra is missing
+            librosa.feature  # noqa: B018 - reading an attribute imports the extra: fail now if it is missing
 
         if self.melspec is not None:
             # Windows, STFT kernels and filters are derived from config(): keep them out of the state dict (it stays

@@ -124,7 +124,7 @@ def known_models() -> dict[str, ModelInfo]:
                          "file": Path(entry["url"]).name, **entry}
                 models[entry["name"]] = ModelInfo(**entry)
         except (ValueError, TypeError) as err:
-            raise HubError(f"{extra}: {err}", f"fix the file (a JSON list of {{name, url, sha256, ...}})") from None
+            raise HubError(f"{extra}: {err}", "fix the file (a JSON list of {name, url, sha256, ...})") from None
     return models
 
 

@@ -1,4 +1,5 @@
-"""Numeric precision as a choice: fp32 (exact), bf16 (autocast), or auto = bf16 only where the hardware runs it natively.
+"""Numeric precision as a choice: fp32 (exact), bf16 (autocast), or auto = bf16 only where the hardware runs it
+natively.
 
 bf16 autocast pays off only on hardware with bf16 matrix units: CUDA GPUs that support it, and CPUs with
 `avx512_bf16` or AMX (`amx_bf16`). Elsewhere oneDNN emulates bf16 through fp32 and converts every tensor twice, so it

@@ -157,8 +157,8 @@ def embed_fold(task: Task, fold: Fold, embedder: ClipEmbedder, cache_dir: Path, 
     array = None
     start = 0
     try:
-        for batch in tqdm(batches(np.arange(len(task))), desc=f"{embedder.name} {task.name} {fold.name}: embed", unit="batch",
-                          disable=not progress, leave=False):
+        for batch in tqdm(batches(np.arange(len(task))), desc=f"{embedder.name} {task.name} {fold.name}: embed",
+                          unit="batch", disable=not progress, leave=False):
             emb = embedder.embed_clips(batch).detach().float().cpu().numpy()
             if array is None:
                 array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,

@@ -10,7 +10,8 @@ import soundfile as sf
 import torch
 from torch.overrides import TorchFunctionMode
 
-SHARED_DATA = Path(os.environ.get("BYOLA_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+SHARED_DATA = Path(os.environ.get("BYOLA_SHARED_DATA",
+                                  Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
 
 
 def shared_data(*parts: str) -> Path:

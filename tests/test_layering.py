@@ -105,5 +105,6 @@ def test_the_check_catches_upward_and_sideways_imports(tmp_path: Path) -> None:
     found = project_imports(probe, "byola.data")
     assert {"byola.pretrain", "evaluation.run"} <= found
     assert violations("byola.data", found, floors) == [
-        "byola.data (floor 3) imports byola.pretrain (floor 7)", "byola.data (floor 3) imports evaluation.run (floor 6)"]
+        "byola.data (floor 3) imports byola.pretrain (floor 7)",
+        "byola.data (floor 3) imports evaluation.run (floor 6)"]
     assert violations("byola.engine.byol", {"byola.engine.heads", "byola.layers"}, floors) == []

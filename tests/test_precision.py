@@ -103,8 +103,8 @@ def test_bf16_within_tolerance_of_fp32(cpu_flags) -> None:
 
 
 def _trainer_amp(tmp_path: Path, amp: str) -> torch.dtype | None:
-    return Trainer(toy.ToyBYOL(), lambda p: torch.optim.SGD(p, lr=0.1), toy.ToyData(), toy.ToyViews(), tmp_path, batch_size=4,
-                   steps=1, progress=False, amp=amp, device="cpu").amp_dtype
+    return Trainer(toy.ToyBYOL(), lambda p: torch.optim.SGD(p, lr=0.1), toy.ToyData(), toy.ToyViews(), tmp_path,
+                   batch_size=4, steps=1, progress=False, amp=amp, device="cpu").amp_dtype
 
 
 def test_trainer_amp_on_cpu_follows_native_bf16(cpu_flags, tmp_path: Path) -> None:

@@ -313,8 +313,8 @@ def test_statistics_are_all_reduced_across_ranks(tmp_path):
     torch.save((z, zt), out + ".in")
     script = tmp_path / "worker.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "init"), out], env=env)
              for r in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]

@@ -86,14 +86,14 @@ def calibrate_norms(modules: Iterable[nn.Module], eps: float = 1e-5, sync_dist: 
     Inside the ``with`` block, every forward call of a GroupNorm / LayerNorm (per-channel affine) in ``modules``
     standardizes its output per channel over the batch (and spatial/temporal dims) and folds that into its affine:
     ``γ ← γ/σ``, ``β ← (β − μ)/σ`` with ``μ, σ²`` the channel's mean and variance of the layer's output
-    (``σ = √(var + eps)``; a channel with variance ≤ ``eps`` is only centred). Layers are set in the order the forward pass reaches them, each seeing the already
-    calibrated layers before it, so that on the calibration batch the network computes what a BatchNorm network
-    (γ = 1, β = 0, batch statistics) would, up to the per-sample normalization kept by GN/LN; afterwards the
-    layers stay batch-independent. Without this, per-sample normalization followed by ReLU and pooling gives
-    every input nearly the same embedding at initialization (pairwise cosine ≈ 0.97 on the digits benchmark;
-    BatchNorm heads: 0.3), a start next to BYOL's collapsed solution. Under ``torch.distributed`` (``sync_dist``)
-    the sums are all-reduced so every rank sets the same values. Yields the number of layers found; each layer is
-    calibrated at most once (its first call inside the block).
+    (``σ = √(var + eps)``; a channel with variance ≤ ``eps`` is only centred). Layers are set in the order the
+    forward pass reaches them, each seeing the already calibrated layers before it, so that on the calibration batch
+    the network computes what a BatchNorm network (γ = 1, β = 0, batch statistics) would, up to the per-sample
+    normalization kept by GN/LN; afterwards the layers stay batch-independent. Without this, per-sample normalization
+    followed by ReLU and pooling gives every input nearly the same embedding at initialization (pairwise cosine ≈ 0.97
+    on the digits benchmark; BatchNorm heads: 0.3), a start next to BYOL's collapsed solution. Under
+    ``torch.distributed`` (``sync_dist``) the sums are all-reduced so every rank sets the same values. Yields the
+    number of layers found; each layer is calibrated at most once (its first call inside the block).
     """
     layers = affine_norms(modules)
     done: set[int] = set()

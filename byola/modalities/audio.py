@@ -126,7 +126,8 @@ class AudioBatchViews(nn.Module):
     statistics (mean/std of the log-mels after pre-normalization, and of all views before and after
     post-normalization, from ``AudioViews.last_stats``; left on the device, the trainer reads them once per step)."""
 
-    def __init__(self, frontend: nn.Module, pre_norm: nn.Module, views: AudioViews, channels_last: bool = False) -> None:
+    def __init__(self, frontend: nn.Module, pre_norm: nn.Module, views: AudioViews,
+                 channels_last: bool = False) -> None:
         super().__init__()
         self.frontend, self.pre_norm, self.views, self.channels_last = frontend, pre_norm, views, channels_last
 

@@ -32,5 +32,5 @@ def build_encoder(name: str, backbone_norm: str | None = None, weight_standardiz
     return convert_backbone(cls(**params), backbone_norm, weight_standardization, norm_groups)
 
 
-__all__ = ["ENCODERS", "Encoder", "EncoderBase", "build_encoder", "optimize_for_inference", "AudioNTT2020", "AudioNTT2022", "ResNet18CIFAR",
-           "ResNet18", "ResNet50", "SmallCNN"]
+__all__ = ["ENCODERS", "Encoder", "EncoderBase", "build_encoder", "optimize_for_inference", "AudioNTT2020",
+           "AudioNTT2022", "ResNet18CIFAR", "ResNet18", "ResNet50", "SmallCNN"]
