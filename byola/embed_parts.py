@@ -203,14 +203,13 @@ def embed_distributed(embedder: Embedder, paths: Sequence[str | os.PathLike], ou
     (nothing is merged; the finished parts stay for the rerun)."""
     import torch.distributed as dist
 
-    from .engine.trainer import dist_info, init_distributed
+    from .engine.trainer import dist_info, process_group
 
     info = dist_info()
     if job.get("num_workers") is None and embedder.device.type == "cpu":  # the node's cores shared by its ranks
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         job["num_workers"] = max(1, len(os.sched_getaffinity(0)) // local_ranks)
-    created = init_distributed("cpu", timeout=MERGE_WAIT)
-    try:
+    with process_group("cpu", timeout=MERGE_WAIT):
         error: BaseException | None = None
         try:
             summary = embed_part(embedder, paths, out, info.rank, info.world_size, **job)
@@ -218,9 +217,6 @@ def embed_distributed(embedder: Embedder, paths: Sequence[str | os.PathLike], ou
             error = err
         problems: list[str] = [""] * info.world_size
         dist.all_gather_object(problems, "" if error is None else (str(error) or type(error).__name__).splitlines()[0])
-    finally:
-        if created:
-            dist.destroy_process_group()
     failed = [f"part {k}/{info.world_size}: {p}" for k, p in enumerate(problems) if p]
     if info.rank == 0 and failed:
         raise EmbedJobError(f"not merged, {len(failed)} of {info.world_size} parts failed: {'; '.join(failed)}")

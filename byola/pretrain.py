@@ -28,7 +28,8 @@ import yaml
 
 import byola
 from byola.checkpoint import save_checkpoint
-from byola.engine.trainer import Trainer, default_device, dist_info, init_distributed, latest_checkpoint
+from byola.engine.trainer import Trainer, checkpoint_step, default_device, dist_info, process_group, resume_checkpoint
+from byola.files import atomic_write_text
 from byola.modalities import PipelineContext
 from byola.plots import plot_run
 from byola.recipe import Recipe, check_corpus_size, load, resume_changes
@@ -61,9 +62,7 @@ def _record_resume(out_dir: Path, step: int, changes: dict[str, tuple[Any, Any]]
     history = json.loads(path.read_text()) if path.exists() else []
     if changes:
         history.append({"step": step, "changed": {k: {"then": a, "now": b} for k, (a, b) in changes.items()}})
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(history, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(history, indent=1))
     return history
 
 
@@ -91,18 +90,15 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
     cfg = load(recipe, overrides)
     recipe_name = Path(recipe).stem
     out_dir = Path(out)
-    info = dist_info()
+    resumed_from = resume_checkpoint(out_dir, resume)  # before any data work: refuses to start over an existing run
     saved = out_dir / "config.yaml"
-    if not resume and latest_checkpoint(out_dir) is not None:
-        raise FileExistsError(f"{out_dir} holds a run: pass resume=True (--resume) to continue it, or choose another "
-                              "--out")
     changes = resume_changes(yaml.safe_load(saved.read_text()), cfg) if resume and saved.exists() else {}
-    with _main_rank_output(info.is_main):
-        return _run(data, cfg, recipe_name, out_dir, resume, changes, t_start)
+    with _main_rank_output(dist_info().is_main):
+        return _run(data, cfg, recipe_name, out_dir, resume, resumed_from, changes, t_start)
 
 
 def _run(data: Sequence[str] | str, cfg: Recipe, recipe_name: str, out_dir: Path, resume: bool,
-         changes: dict[str, tuple[Any, Any]], t_start: float) -> Path:
+         resumed_from: Path | None, changes: dict[str, tuple[Any, Any]], t_start: float) -> Path:
     train, modality = cfg.train, cfg.modality_entry
     info = dist_info()
     sources = [data] if isinstance(data, str) else list(data)
@@ -111,16 +107,13 @@ def _run(data: Sequence[str] | str, cfg: Recipe, recipe_name: str, out_dir: Path
     device = torch.device(train.device) if train.device else default_device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = train.cudnn_benchmark  # fixed crop size: pick fast kernels
-    created_group = init_distributed(device)
-    try:
-        resumed_at = latest_checkpoint(out_dir)
+    with process_group(device):
         history: list[dict[str, Any]] = []
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
-            if resume and resumed_at is not None:
-                step = int(resumed_at.stem.split("-")[1])
-                history = _record_resume(out_dir, step, changes)
-            (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            if resumed_from is not None:
+                history = _record_resume(out_dir, checkpoint_step(resumed_from), changes)
+            atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if info.world_size > 1:
             dist.barrier()
 
@@ -171,6 +164,3 @@ def _run(data: Sequence[str] | str, cfg: Recipe, recipe_name: str, out_dir: Path
         if info.is_main:
             plot_run(out_dir)  # curves.png: loss, tau, lr and batch statistics from log.csv
         return out_dir / "model.safetensors"
-    finally:
-        if created_group:
-            dist.destroy_process_group()

@@ -122,6 +122,17 @@ def test_pretrain_v2_tiny_end_to_end(corpus: Path, tmp_path: Path) -> None:
         pretrain([str(corpus)], "byola_v2", str(run), **TINY_V2)
 
 
+def test_an_existing_run_is_refused_before_any_data_work(tmp_path: Path) -> None:
+    """Without --resume, a run folder holding checkpoints is refused before the data is read or anything written."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "state-00000003.pt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="resume"):
+        pretrain([str(tmp_path / "no corpus here")], "byola_v2", str(run), **TINY_V2)
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == ["checkpoints",
+                                                                            "checkpoints/state-00000003.pt"]
+
+
 def test_pretrain_v1_resume_after_interruption_matches(corpus: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     ref = pretrain([str(corpus)], "byola_v1", str(tmp_path / "ref"), **TINY_V1)

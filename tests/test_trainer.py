@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
-from byola.engine.trainer import Trainer, WarmupCosine, default_device, latest_checkpoint
+from byola.engine.trainer import (DistInfo, Trainer, WarmupCosine, checkpoint_step, default_device, latest_checkpoint,
+                                  process_group, resume_checkpoint)
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("trainer_toy", HERE / "trainer_toy.py")
@@ -83,6 +85,66 @@ def test_resume_refuses_changed_settings_and_fresh_run_refuses_old_dir(tmp_path:
         _trainer(tmp_path).fit()
     with pytest.raises(ValueError, match="batch_size"):
         _trainer(tmp_path, batch_size=8).fit(resume=True)
+
+
+def test_resume_checkpoint_is_the_one_check_for_an_existing_run(tmp_path: Path) -> None:
+    """A folder without checkpoints starts a fresh run (resume or not); one with checkpoints resumes from the newest,
+    and a fresh run over it is refused, naming resume, before anything in it changes."""
+    assert resume_checkpoint(tmp_path / "new", resume=False) is None
+    assert resume_checkpoint(tmp_path / "new", resume=True) is None
+    folder = tmp_path / "old" / "checkpoints"
+    folder.mkdir(parents=True)
+    for step in (2, 10, 4):
+        (folder / f"state-{step:08d}.pt").write_bytes(b"")
+    (folder / ".state-00000012.pt.tmp-1").write_bytes(b"")  # an interrupted write is no checkpoint
+    newest = resume_checkpoint(tmp_path / "old", resume=True)
+    assert newest == folder / "state-00000010.pt" and checkpoint_step(newest) == 10
+    with pytest.raises(FileExistsError, match="resume"):
+        resume_checkpoint(tmp_path / "old", resume=False)
+    with pytest.raises(ValueError, match="state-<step>.pt"):
+        checkpoint_step(folder / "model.safetensors")
+
+    _trainer(tmp_path / "run").fit()
+    files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match="resume"):
+        _trainer(tmp_path / "run").fit()
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
+
+
+def test_process_group_is_made_once_and_ended_by_the_block_that_made_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun (WORLD_SIZE > 1) the outermost block makes the group (gloo on a CPU) and destroys it, also on an
+    error; a nested block (pretrain's, then Trainer.fit's) uses it. A single process makes none."""
+    state: dict = {"group": False, "calls": []}
+
+    def init(backend: str) -> None:
+        state["calls"].append(("init", backend))
+        state["group"] = True
+
+    def destroy() -> None:
+        state["calls"].append("destroy")
+        state["group"] = False
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: state["group"])
+    monkeypatch.setattr(dist, "init_process_group", init)
+    monkeypatch.setattr(dist, "destroy_process_group", destroy)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    with process_group("cpu") as info:
+        assert info == DistInfo(0, 0, 1)
+    assert state["calls"] == []
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(KeyboardInterrupt):
+        with process_group("cpu") as info:
+            assert info == DistInfo(1, 0, 2)
+            with process_group("cpu") as inner:
+                assert inner == info and state["calls"] == [("init", "gloo")]
+            assert state["calls"] == [("init", "gloo")]  # the inner block did not end the outer block's group
+            raise KeyboardInterrupt
+    assert state["calls"] == [("init", "gloo"), "destroy"]
 
 
 def test_gradient_accumulation_matches_big_batch(tmp_path: Path) -> None:

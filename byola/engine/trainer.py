@@ -46,8 +46,8 @@ from tqdm.auto import tqdm
 from byola.engine.sync_bn import convert_sync_batchnorm
 from byola.precision import resolve_precision
 
-__all__ = ["Trainer", "LR_SCHEDULES", "AMP_MODES", "WarmupCosine", "DistInfo", "dist_info", "init_distributed", "default_device", "atomic_save",
-           "latest_checkpoint"]
+__all__ = ["Trainer", "LR_SCHEDULES", "AMP_MODES", "WarmupCosine", "DistInfo", "dist_info", "process_group",
+           "default_device", "atomic_save", "latest_checkpoint", "resume_checkpoint", "checkpoint_step"]
 
 LR_SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -92,17 +92,24 @@ def default_device() -> torch.device:
     return torch.device(f"cuda:{local_rank}")
 
 
-def init_distributed(device: torch.device | str, timeout: timedelta | None = None) -> bool:
-    """Create the default process group from ``torchrun``'s environment when ``WORLD_SIZE > 1`` and none exists
-    (nccl for a CUDA device, else gloo; ``timeout``: how long a collective waits, default PyTorch's). Returns True
-    when it created one (the caller then destroys it)."""
+@contextlib.contextmanager
+def process_group(device: torch.device | str, timeout: timedelta | None = None) -> Iterator[DistInfo]:
+    """The one place byola starts and ends a process group: for the ``with`` block, the default group from
+    ``torchrun``'s environment when ``WORLD_SIZE > 1`` and none exists (nccl for a CUDA device, else gloo;
+    ``timeout``: how long a collective waits, default PyTorch's), destroyed when the block ends. A single process, or
+    a group that already exists (made by an enclosing block or by the caller), is left as it is, so blocks nest.
+    Yields this process's :class:`DistInfo`."""
     device = torch.device(device)
-    if dist_info().world_size == 1 or dist.is_initialized():
-        return False
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
-    return True
+    created = dist_info().world_size > 1 and not dist.is_initialized()
+    if created:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    try:
+        yield dist_info()
+    finally:
+        if created:
+            dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------------------------- file helpers
@@ -130,6 +137,25 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STATE_RE.match(p.name))]
     return max(found)[1] if found else None
+
+
+def resume_checkpoint(run_dir: str | os.PathLike, resume: bool) -> Path | None:
+    """The one answer to "does a run already exist in ``run_dir``": the training-state checkpoint a run continues
+    from (the newest, with ``resume``; None when there is none, a fresh run). Raises ``FileExistsError`` when
+    ``run_dir`` holds checkpoints and ``resume`` is False: a fresh run never overwrites one."""
+    latest = latest_checkpoint(run_dir)
+    if latest is not None and not resume:
+        raise FileExistsError(f"{run_dir} holds a run: pass resume=True (--resume) to continue it, or choose another "
+                              "folder (--out)")
+    return latest
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimizer step of a training-state checkpoint, from its name (``state-<step>.pt``)."""
+    match = _STATE_RE.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not named like a training-state checkpoint (state-<step>.pt)")
+    return int(match.group(1))
 
 
 # ---------------------------------------------------------------------------------------------------- lr schedules
@@ -492,21 +518,14 @@ class Trainer:
         ``total_steps``: a larger one extends the run, and the data stream, RNG states and constant schedules continue
         exactly as if the run had been planned that long; a cosine learning-rate schedule (or a τ schedule of the
         engine) continues on the new length from the current step, which differs from a run planned that long.
-        Returns the last step's logged values."""
-        created_group = init_distributed(self.device)
-        self.dist = dist_info()
-        try:
+        Without ``resume``, a ``run_dir`` holding checkpoints is refused (:func:`resume_checkpoint`). Under
+        ``torchrun`` the call runs in :func:`process_group`. Returns the last step's logged values."""
+        with process_group(self.device) as self.dist:
             return self._fit(resume)
-        finally:
-            if created_group:
-                dist.destroy_process_group()
 
     def _fit(self, resume: bool) -> dict[str, float]:
         main = self.dist.is_main
-        latest = latest_checkpoint(self.run_dir)
-        if not resume and latest is not None:
-            raise FileExistsError(f"{self.run_dir} already holds checkpoints: resume it or choose another run dir")
-        ckpt = latest if resume else None
+        ckpt = resume_checkpoint(self.run_dir, resume)
         if ckpt is None:
             random.seed(self.seed + self.dist.rank)
             np.random.seed(self.seed + self.dist.rank)

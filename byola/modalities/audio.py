@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from byola.augment.audio import AudioViews
 from byola.data import RandomCropDataset, scan_corpus
 from byola.engine.trainer import dist_info
+from byola.files import atomic_write_text
 from byola.frontend import LogMelSpectrogram
 from byola.modalities.base import Modality, Pipeline, PipelineContext
 from byola.norm import NormStats, PreNormalization, RunningNorm, compute_norm_stats
@@ -171,9 +171,7 @@ def _pre_norm(ctx: PipelineContext, frontend: nn.Module) -> tuple[nn.Module, Nor
         stats = corpus_norm_stats(ctx.dataset, frontend, cfg.max_samples, ctx.seed, ctx.inputs["data"].num_workers,
                                   ctx.progress)
         if dist_info().is_main:
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(stats.to_dict()))
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(stats.to_dict()))
     log.info("pre-normalization statistics: mean %.6g, std %.6g over %d values", stats.mean, stats.std, stats.count)
     return PreNormalization.from_stats(stats), stats
 
