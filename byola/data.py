@@ -18,7 +18,12 @@ from torch.utils.data import Dataset
 from byola.audio import AUDIO_EXTENSIONS, AudioError, audio_duration, crop_or_pad, load_audio
 from byola.files import list_inputs
 
-__all__ = ["scan_corpus", "probe_files", "RandomCropDataset"]
+__all__ = ["scan_corpus", "probe_files", "RandomCropDataset", "PAD_MODES", "CACHE_DTYPES"]
+
+# The values of RandomCropDataset's ``pad`` and ``cache_dtype``, stated once: the recipe's ``data`` section
+# (byola.modalities.audio.AudioData) declares its fields as these Literals.
+PAD_MODES = ("center", "end", "random")
+CACHE_DTYPES = ("float32", "float16")
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +94,10 @@ class RandomCropDataset(Dataset):
                  cache_dtype: str = "float32") -> None:
         if unit_sec <= 0:
             raise ValueError(f"unit_sec must be > 0, got {unit_sec}")
-        if pad not in ("center", "end", "random"):
-            raise ValueError(f"pad must be 'center', 'end' or 'random', got {pad!r}")
-        if cache_dtype not in ("float32", "float16"):
-            raise ValueError(f"cache_dtype must be 'float32' or 'float16', got {cache_dtype!r}")
+        if pad not in PAD_MODES:
+            raise ValueError(f"pad must be one of {', '.join(map(repr, PAD_MODES))}, got {pad!r}")
+        if cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache_dtype must be one of {', '.join(map(repr, CACHE_DTYPES))}, got {cache_dtype!r}")
         files = [os.fspath(f) for f in files]
         self.unreadable: dict[str, str] = {}
         if probe:

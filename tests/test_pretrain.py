@@ -165,6 +165,10 @@ def test_pretrain_v1_resume_after_interruption_matches(corpus: Path, tmp_path: P
     ({"optim.lr": -1.0}, r"optim .*learning rate"),
     ({"train.batch_size": "many"}, r"train\.batch_size must be an integer"),
     ({"norm.mode": "median"}, r"norm\.mode must be one of"),
+    ({"data.pad": "middle"}, r"data\.pad must be one of 'center', 'end', 'random', got 'middle'"),
+    ({"data.cache_dtype": "int8"}, r"data\.cache_dtype must be one of 'float32', 'float16'"),
+    ({"frontend.backend": "sox"}, r"frontend\.backend must be one of 'nnaudio', 'torchaudio', 'librosa'"),
+    ({"augment.version": "v3"}, r"augment\.version must be one of 'v1', 'v2'"),
     ({"model.n_mels": 128}, r"model\.n_mels 128 differs from frontend\.n_mels 64"),
     ({"method.name": "byol_bnfree", "model.backbone_norm": "ln"}, r"model\.backbone_norm is set by the method"),
 ])

@@ -14,7 +14,9 @@ from torch import nn
 from byola.augment import _common
 from byola.norm import PostNormalization
 
-__all__ = ["MixupBank", "RandomResizeCrop", "RandomLinearFader", "AudioViews"]
+__all__ = ["MixupBank", "RandomResizeCrop", "RandomLinearFader", "AudioViews", "VERSIONS"]
+
+VERSIONS = ("v1", "v2")  # BYOL-A's augmentation recipes (AudioViews.byola)
 
 
 def _check_logmel(x: torch.Tensor, name: str) -> None:
@@ -312,8 +314,8 @@ class AudioViews(nn.Module):
         """BYOL-A's recipe: v1 = Mixup 0.4 + RRC; v2 = Mixup 0.2 + RRC + Random Linear Fader (gain 1.0).
         ``mixup_ratio`` / ``fader_gain`` override the version's values (``fader_gain=0`` disables the fader);
         ``mixup_global`` is :class:`MixupBank`'s ``global_bank``."""
-        if version not in ("v1", "v2"):
-            raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
+        if version not in VERSIONS:
+            raise ValueError(f"version must be one of {', '.join(map(repr, VERSIONS))}, got {version!r}")
         if mixup_ratio is None:
             mixup_ratio = 0.4 if version == "v1" else 0.2
         if fader_gain is None:

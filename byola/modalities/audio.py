@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from byola.augment.audio import AudioViews
-from byola.data import RandomCropDataset, scan_corpus
+from byola.augment.audio import VERSIONS, AudioViews
+from byola.data import CACHE_DTYPES, PAD_MODES, RandomCropDataset, scan_corpus
 from byola.engine.trainer import dist_info
 from byola.files import atomic_write_text
-from byola.frontend import LogMelSpectrogram
+from byola.frontend import BACKENDS, LogMelSpectrogram
 from byola.modalities.base import Modality, Pipeline, PipelineContext
 from byola.norm import NormStats, PreNormalization, RunningNorm, compute_norm_stats
 
@@ -48,10 +48,10 @@ class AudioData:
 
     sample_rate: int = field(default=_DATASET["sample_rate"], metadata={"min": 1})
     unit_sec: float = _DATASET["unit_sec"]
-    pad: Literal["center", "end", "random"] = _DATASET["pad"]
+    pad: Literal[PAD_MODES] = _DATASET["pad"]
     probe: bool = _DATASET["probe"]
     cache_dir: str | None = _DATASET["cache_dir"]
-    cache_dtype: Literal["float32", "float16"] = _DATASET["cache_dtype"]
+    cache_dtype: Literal[CACHE_DTYPES] = _DATASET["cache_dtype"]
     num_workers: int = field(default=4, metadata={"min": 0})
 
     def __post_init__(self) -> None:
@@ -70,7 +70,7 @@ class FrontendSection:
     n_mels: int = field(default=_LOGMEL["n_mels"], metadata={"min": 1})
     f_min: float = field(default=_LOGMEL["f_min"], metadata={"min": 0})
     f_max: float = _LOGMEL["f_max"]
-    backend: Literal["nnaudio", "torchaudio", "librosa"] = _LOGMEL["backend"]
+    backend: Literal[BACKENDS] = _LOGMEL["backend"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class NormSection:
 class AudioAugment:
     """``augment``: :meth:`byola.augment.AudioViews.byola` (its defaults; null ratios/gains: the version's)."""
 
-    version: Literal["v1", "v2"] = _VIEWS["version"]
+    version: Literal[VERSIONS] = _VIEWS["version"]
     mixup_ratio: float | None = _VIEWS["mixup_ratio"]
     bank_size: int = field(default=_VIEWS["bank_size"], metadata={"min": 1})
     log_mixup_exp: bool = _VIEWS["log_mixup_exp"]
