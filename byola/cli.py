@@ -135,8 +135,8 @@ class Commands:
             norm_stats: MEAN,STD pre-normalization statistics; for checkpoints that carry none (official
                 weights), they are otherwise computed exactly from the inputs in a first pass (not in a sharded
                 job, which needs them given).
-            frontend_backend: log-mel backend: torchaudio (default; equal to the others within 4e-4 nats and the
-                fastest on CPU), nnaudio, librosa, or "checkpoint" for the one the model was trained with.
+            frontend_backend: log-mel backend: torchaudio (default; the same log-mel as the others, the fastest on
+                CPU), nnaudio, librosa, or "checkpoint" for the one the model was trained with.
             compile: torch.compile the encoder (worth it for long jobs of equal-length clips).
             precision: fp32 (exact, default), bf16 (encoder under bf16 autocast; slower on CPUs without native
                 bf16, with a warning) or auto (bf16 only on a CUDA GPU or CPU with native bf16).

@@ -222,8 +222,8 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     `norm_stats` overrides the checkpoint's statistics; a checkpoint without statistics (a converted official file)
     needs them here or from `Embedder.fit_norm_stats`. `frontend_backend` picks the log-mel backend; None keeps the
     one the checkpoint was trained with. The default, torchaudio, computes the same log-mel as nnAudio and librosa
-    (within 4e-4 nats on real clips, see tests/test_frontend.py) with an FFT, about 3x faster than nnAudio's
-    convolution STFT on a CPU, and runs on any device, unlike librosa.
+    with an FFT, faster than nnAudio's convolution STFT on a CPU (tolerance and speed: README, "Embedding audio"),
+    and runs on any device, unlike librosa.
     `random_init=SEED` replaces the weights with a random initialization of the same architecture (seeded): the
     baseline a trained model must beat.
     `precision`: "fp32" (default, exact), "bf16" (encoder under bf16 autocast) or "auto" (bf16 only where `device`
