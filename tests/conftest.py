@@ -1,8 +1,10 @@
 """Shared fixtures: generated audio (always available) and the real clips of ../shared/data (skipped when absent)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -12,6 +14,14 @@ from torch.overrides import TorchFunctionMode
 
 SHARED_DATA = Path(os.environ.get("BYOLA_SHARED_DATA",
                                   Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+
+
+def load_trainer_toy() -> ModuleType:
+    """tests/trainer_toy.py (the trainer's toy engine, also run as a script under torchrun) as a module."""
+    spec = importlib.util.spec_from_file_location("trainer_toy", Path(__file__).with_name("trainer_toy.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def shared_data(*parts: str) -> Path:

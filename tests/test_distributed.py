@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 import os
 import signal
 import socket
@@ -23,12 +22,11 @@ from byola.augment.audio import MixupBank
 from byola.engine import sync_bn
 from byola.engine.sync_bn import PortableSyncBatchNorm, convert_sync_batchnorm
 from byola.engine.trainer import latest_checkpoint
+from tests.conftest import load_trainer_toy
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-_spec = importlib.util.spec_from_file_location("trainer_toy", HERE / "trainer_toy.py")
-toy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(toy)
+toy = load_trainer_toy()
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

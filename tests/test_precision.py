@@ -1,7 +1,6 @@
 """byola.precision: native-bf16 detection, fp32 stays exact, bf16 within tolerance, the trainer's amp rule on CPU."""
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -12,12 +11,11 @@ import torch
 import byola
 from byola import precision
 from byola.engine.trainer import Trainer
+from tests.conftest import load_trainer_toy
 
 from tests.conftest import make_tone
 
-_spec = importlib.util.spec_from_file_location("trainer_toy", Path(__file__).with_name("trainer_toy.py"))
-toy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(toy)
+toy = load_trainer_toy()
 
 # bf16 keeps 8 mantissa bits; the shipped AudioNTT2020 (d=512) stays this close to fp32 (measured: see the test).
 BF16_MIN_COSINE = 0.999

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import signal
 import subprocess
@@ -16,11 +15,10 @@ import torch.distributed as dist
 
 from byola.engine.trainer import (DistInfo, Trainer, WarmupCosine, checkpoint_step, default_device, latest_checkpoint,
                                   process_group, resume_checkpoint)
+from tests.conftest import load_trainer_toy
 
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("trainer_toy", HERE / "trainer_toy.py")
-toy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(toy)
+toy = load_trainer_toy()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
