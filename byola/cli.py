@@ -175,7 +175,7 @@ class Commands:
         ref = _model_ref(model, checkpoint, accept_license)
         check_device(device)
         from .embed_parts import parse_shard
-        from .engine.trainer import default_device, dist_info
+        from .engine.distributed import default_device, dist_info
 
         part, ranks = parse_shard(shard) if shard is not None else None, dist_info()
         if part and ranks.world_size > 1:
@@ -239,7 +239,7 @@ class Commands:
         """
         if not data:
             raise UsageError("no data", "give at least one data folder, file or list")
-        from .engine.trainer import dist_info
+        from .engine.distributed import dist_info
         from .pretrain import pretrain
 
         model = pretrain(list(data), recipe, out, resume=resume, **overrides)  # the recipe is checked first
@@ -287,7 +287,7 @@ class Commands:
         if seeds < 1:
             raise UsageError(f"--seeds {seeds}: at least one seed is needed")
         _check_precision(precision)
-        from .engine.trainer import dist_info
+        from .engine.distributed import dist_info
 
         if dist_info().world_size > 1:  # every rank would embed everything and write the same report
             raise UsageError("byola evaluate runs as one process: its embedding phase is not sharded",

@@ -203,7 +203,7 @@ def embed_distributed(embedder: Embedder, paths: Sequence[str | os.PathLike], ou
     (nothing is merged; the finished parts stay for the rerun)."""
     import torch.distributed as dist
 
-    from .engine.trainer import dist_info, process_group
+    from .engine.distributed import dist_info, process_group
 
     info = dist_info()
     if job.get("num_workers") is None and embedder.device.type == "cpu":  # the node's cores shared by its ranks

@@ -28,7 +28,8 @@ import yaml
 
 import byola
 from byola.checkpoint import save_checkpoint
-from byola.engine.trainer import Trainer, checkpoint_step, default_device, dist_info, process_group, resume_checkpoint
+from byola.engine.distributed import default_device, dist_info, process_group
+from byola.engine.trainer import Trainer, checkpoint_step, resume_checkpoint
 from byola.files import atomic_write_text
 from byola.modalities import PipelineContext
 from byola.plots import plot_run

@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from byola.engine.trainer import (DistInfo, Trainer, WarmupCosine, checkpoint_step, default_device, latest_checkpoint,
-                                  process_group, resume_checkpoint)
+from byola.engine.distributed import DistInfo, default_device, process_group
+from byola.engine.trainer import Trainer, WarmupCosine, checkpoint_step, latest_checkpoint, resume_checkpoint
 from tests.conftest import load_trainer_toy
 
 HERE = Path(__file__).resolve().parent

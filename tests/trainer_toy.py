@@ -115,7 +115,8 @@ def run(run_dir: str | Path, steps: int = 12, checkpoint_every: int = 4, batch_s
         resume: bool = False, hang_after: int | None = None, device: str | None = None, engine: str = "toy",
         views: str = "toy", sync_bn: bool = False, hang_rank: int = 0, optim: str = "adam") -> nn.Module:
     """Train the toy in deterministic mode (as a test would in a fresh process) and return the model."""
-    from byola.engine.trainer import Trainer, dist_info
+    from byola.engine.distributed import dist_info
+    from byola.engine.trainer import Trainer
 
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
@@ -147,7 +148,7 @@ def run(run_dir: str | Path, steps: int = 12, checkpoint_every: int = 4, batch_s
 
 
 def main() -> None:
-    from byola.engine.trainer import dist_info
+    from byola.engine.distributed import dist_info
 
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 
 from byola.augment.audio import VERSIONS, AudioViews
 from byola.data import CACHE_DTYPES, PAD_MODES, RandomCropDataset, scan_corpus
-from byola.engine.trainer import dist_info
+from byola.engine.distributed import dist_info
 from byola.files import atomic_write_text
 from byola.frontend import BACKENDS, LogMelSpectrogram
 from byola.modalities.base import Modality, Pipeline, PipelineContext
