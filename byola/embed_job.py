@@ -265,11 +265,13 @@ class _State:
                 failures.append((file, rec.get("error", "")))
         if format == "parquet":
             table = parquet_table(rows, matrix, self.settings)
-            contents = {parquet_name(part): lambda path: atomic_write_with(path, lambda tmp: pq.write_table(table, tmp))}
+            contents = {parquet_name(part): lambda path: atomic_write_with(path,
+                                                                           lambda tmp: pq.write_table(table, tmp))}
         else:
             index_bytes = index_csv(rows)  # everything that can fail is done before the first write
             contents = {"embeddings.npy": lambda path: _save_npy(path, matrix),
-                        "index.csv": lambda path: atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(index_bytes))}
+                        "index.csv": lambda path: atomic_write_with(path,
+                                                                    lambda tmp: Path(tmp).write_bytes(index_bytes))}
         fields = {"settings": self.settings, "rows": len(ok_files), "files": len(files), "failed": len(failures)}
         commit_output(out, contents, {**fields, **({"part": part.to_dict()} if part else {})})
         return len(ok_files), failures

@@ -20,6 +20,7 @@ scheduler (`embed_part`, then `merge_parts` once all are complete), on any machi
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import re
 from datetime import timedelta
@@ -29,8 +30,9 @@ from typing import Sequence
 import numpy as np
 
 from .embed import Embedder
-from .embed_job import (DEFAULT_BATCH_SIZE, EmbedJobError, EmbedSummary, IncompleteOutput, Part, check_output, commit_output, differences,
-                        embed_files, index_csv, parquet_name, pq, printable, shard_block, writing)
+from .embed_job import (DEFAULT_BATCH_SIZE, EmbedJobError, EmbedSummary, IncompleteOutput, Part, check_output,
+                        commit_output, differences, embed_files, index_csv, parquet_name, pq, printable, shard_block,
+                        writing)
 from .files import atomic_link, atomic_write_with, json_digest
 
 PARTS_DIR = "parts"
@@ -164,9 +166,10 @@ def merge_parts(out: str | os.PathLike, count: int | None = None, verify: bool =
             index_bytes = index_csv(rows)
             contents = {"embeddings.npy": lambda path: atomic_write_with(
                             path, lambda tmp: _concatenate_npy([f / "embeddings.npy" for f in folders], tmp, ok, dim)),
-                        "index.csv": lambda path: atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(index_bytes))}
+                        "index.csv": lambda path: atomic_write_with(path,
+                                                                    lambda tmp: Path(tmp).write_bytes(index_bytes))}
         else:
-            contents = {parquet_name(part): lambda path, src=folder / parquet_name(part): atomic_link(src, path)
+            contents = {parquet_name(part): functools.partial(atomic_link, folder / parquet_name(part))
                         for part, folder in zip(parts, folders)}
         commit_output(out, contents, {"settings": first["settings"], "rows": ok, "files": len(rows),
                                       "failed": len(failures)})
@@ -199,8 +202,9 @@ def embed_distributed(embedder: Embedder, paths: Sequence[str | os.PathLike], ou
                       **job) -> EmbedSummary:
     """Under torchrun: this rank embeds part RANK of WORLD_SIZE (`embed_part`); once every rank is done (a gloo
     all-gather, whatever the device), rank 0 merges the parts and returns the merged summary, the others their
-    part's. On a CPU, the default number of workers is this process's cores divided among the node's ranks. A rank that fails raises its error; rank 0 then raises an `EmbedJobError` naming every failed part
-    (nothing is merged; the finished parts stay for the rerun)."""
+    part's. On a CPU, the default number of workers is this process's cores divided among the node's ranks. A rank
+    that fails raises its error; rank 0 then raises an `EmbedJobError` naming every failed part (nothing is merged;
+    the finished parts stay for the rerun)."""
     import torch.distributed as dist
 
     from .engine.distributed import dist_info, process_group
