@@ -114,7 +114,7 @@ def test_process_group_is_made_once_and_ended_by_the_block_that_made_it(monkeypa
     error; a nested block (pretrain's, then Trainer.fit's) uses it. A single process makes none."""
     state: dict = {"group": False, "calls": []}
 
-    def init(backend: str) -> None:
+    def init(backend: str, timeout: object = None) -> None:
         state["calls"].append(("init", backend))
         state["group"] = True
 
