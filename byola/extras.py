@@ -6,6 +6,8 @@ one-line :class:`byola.errors.UsageError` naming the extra to install.
 - ``librosa``: the ``librosa`` log-mel backend (``byola/frontend.py``; the reference, BYOL-A v1's own front end),
   with numba and llvmlite about 220 MB; the default backend, torchaudio, computes the same log-mel.
 - ``parquet``: pyarrow, for ``byola embed --format parquet`` (``byola/embed_job.py``).
+- ``tensorboard``: TensorBoard logging of pretraining (``--train.tensorboard=true``; ``torch.utils.tensorboard``
+  in ``byola/engine/trainer.py``).
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from byola.engine.methods import MethodSpec, build_method, get_method, method_spec_overrides
 from byola.engine.optim import LARS
-from byola.engine.trainer import AMP_MODES, LR_SCHEDULES, Trainer
+from byola.engine.trainer import AMP_MODES, LR_SCHEDULES, Trainer, require_tensorboard
 from byola.errors import UsageError
 from byola.modalities import MODALITIES, Modality
 from byola.models import build_encoder
@@ -42,8 +42,9 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 # Sections whose keys are keyword arguments of the encoder, the method and the optimizer: overrides may add keys.
 OPEN_SECTIONS = ("model", "method", "optim")
 # Values a resumed run may change: they do not change the numbers (or, train.steps / train.epochs, extend the run).
-RESUMABLE = ("train.steps", "train.epochs", "train.progress", "train.device", "train.checkpoint_every",
-             "train.keep_checkpoints", "train.prefetch_factor", "data.num_workers", "data.cache_dir")
+RESUMABLE = ("train.steps", "train.epochs", "train.progress", "train.tensorboard", "train.device",
+             "train.checkpoint_every", "train.keep_checkpoints", "train.prefetch_factor", "data.num_workers",
+             "data.cache_dir")
 
 
 class RecipeError(UsageError):
@@ -84,6 +85,7 @@ class TrainSection:
     cudnn_benchmark: bool = True
     device: str | None = None
     progress: bool = True
+    tensorboard: bool = _trainer_default("tensorboard")
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None:
@@ -348,6 +350,11 @@ class Recipe:
             raise RecipeError(f"optim {self.optim.to_dict()}: {err}") from None
         if self.train.device is not None:
             check_device(self.train.device, option="--train.device")
+        if self.train.tensorboard:  # a missing `tensorboard` extra is refused before any data work
+            try:
+                require_tensorboard()
+            except UsageError as err:
+                raise RecipeError(f"train.tensorboard: {err}") from None
 
 
 def check_corpus_size(recipe: Recipe, items: int, world_size: int) -> None:

@@ -261,3 +261,31 @@ def test_torchrun_pretraining_reports_each_message_once(corpus: Path, tmp_path: 
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.count("model written to") == 1
     assert done.stderr.count("skipping 1 unreadable audio file") == 1
+
+
+def test_pretrain_tensorboard_logs_the_loss_of_log_csv(corpus: Path, tmp_path: Path) -> None:
+    """Issue 11: ``--train.tensorboard=true`` writes RUN/tensorboard, whose loss curve is log.csv's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    pretrain([str(corpus)], "byola_v2", str(run), **{**TINY_V2, "train.steps": 3, "train.tensorboard": True})
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert "views_std_after" in events.Tags()["scalars"]
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == [int(r["step"]) for r in _rows(run)] == [1, 2, 3]
+    assert [e.value for e in loss] == pytest.approx([float(r["loss"]) for r in _rows(run)], rel=1e-6)
+
+
+def test_tensorboard_without_the_extra_is_refused_before_data_work(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from byola.extras import optional_module
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # what `import tensorboard` meets when it is not installed
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    monkeypatch.setattr(trainer_mod, "_tensorboard", optional_module("torch.utils.tensorboard", "tensorboard"))
+    with pytest.raises(ValueError, match=r"^train\.tensorboard: .*pip install 'byola\[tensorboard\]'$") as err:
+        pretrain([str(tmp_path / "no_such_corpus")], "byola_v2", str(tmp_path / "run"), **{"train.tensorboard": True})
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()

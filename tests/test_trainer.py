@@ -232,3 +232,40 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert not torch.equal(g0, g1)
     # 40 items / (2 ranks x batch 4) = 5 batches per epoch.
     assert int(_rows(run)[-1]["epoch"]) == 0
+
+
+def _tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` as TensorBoard reads the event files of ``folder``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every event
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_logs_every_log_csv_value_and_follows_resume(tmp_path: Path) -> None:
+    """Issue 11: ``tensorboard=True`` writes every log.csv column of every step as a scalar; a resumed run drops the
+    events after its checkpoint as it drops those rows of log.csv, so the two agree."""
+    _trainer(tmp_path, tensorboard=True, checkpoint_every=4).fit()        # checkpoints at steps 4 and 6
+    (tmp_path / "checkpoints" / "state-00000006.pt").unlink()             # as if killed after step 6's log row
+    _trainer(tmp_path, tensorboard=True, checkpoint_every=4).fit(resume=True)  # steps 5 and 6 again
+    rows = _rows(tmp_path)
+    scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+    assert set(scalars) == set(rows[0]) - {"step"}
+    for tag, events in scalars.items():
+        assert [step for step, _ in events] == [int(r["step"]) for r in rows], tag
+        logged = [float(r[tag]) for r in rows]
+        assert [v for _, v in events] == pytest.approx(logged, rel=1e-6, nan_ok=True), tag
+
+
+def test_tensorboard_without_the_extra_is_one_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from byola.engine import trainer as trainer_mod
+    from byola.errors import UsageError
+    from byola.extras import optional_module
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # what `import tensorboard` meets when it is not installed
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    monkeypatch.setattr(trainer_mod, "_tensorboard", optional_module("torch.utils.tensorboard", "tensorboard"))
+    with pytest.raises(UsageError, match=r"pip install 'byola\[tensorboard\]'") as err:
+        _trainer(tmp_path, tensorboard=True)
+    assert "\n" not in str(err.value) and not any(tmp_path.iterdir())

@@ -17,7 +17,8 @@ and is checkpointed: python/numpy/torch (CPU and CUDA) RNG states, every ``torch
 its submodules), and ``make_views.state_dict()`` (e.g. a Mixup memory bank); with DDP these are gathered from every rank
 into rank 0's checkpoint.
 
-Files in ``run_dir`` (written by rank 0 only): ``log.csv`` (one row per optimizer step), ``checkpoints/state-<step>.pt``
+Files in ``run_dir`` (written by rank 0 only): ``log.csv`` (one row per optimizer step; with ``tensorboard=True`` the
+same values also go to ``tensorboard/`` as TensorBoard scalars, one tag per column), ``checkpoints/state-<step>.pt``
 (training state, ``torch.save`` via temporary file + ``os.replace``; the newest ``keep_checkpoints`` are kept). The
 model a user embeds with is written by the ``export(step, final)`` callback the modality side provides, called on
 rank 0 after each training-state checkpoint.
@@ -43,10 +44,14 @@ from tqdm.auto import tqdm
 
 from byola.engine.distributed import default_device, dist_info, process_group
 from byola.engine.sync_bn import convert_sync_batchnorm
+from byola.extras import optional_module
 from byola.precision import resolve_precision
 
+# The `tensorboard` extra: torch.utils.tensorboard imports the tensorboard package (optional TensorBoard logging).
+_tensorboard = optional_module("torch.utils.tensorboard", "tensorboard")
+
 __all__ = ["Trainer", "LR_SCHEDULES", "AMP_MODES", "WarmupCosine", "atomic_save", "latest_checkpoint",
-           "resume_checkpoint", "checkpoint_step"]
+           "resume_checkpoint", "checkpoint_step", "require_tensorboard"]
 
 LR_SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -54,6 +59,13 @@ STATE_FORMAT = "byola-train-state"
 STATE_VERSION = 1
 _STATE_RE = re.compile(r"^state-(\d+)\.pt$")
 _BASE_COLUMNS = ("step", "epoch", "loss", "tau", "lr", "data_wait_s", "views_s", "step_s")
+TENSORBOARD_DIR = "tensorboard"
+
+
+def require_tensorboard() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``; raises :class:`byola.errors.UsageError` naming the extra to
+    install (``pip install 'byola[tensorboard]'``) when tensorboard is missing."""
+    return _tensorboard.SummaryWriter
 
 
 # ------------------------------------------------------------------------------------------------------- file helpers
@@ -273,6 +285,9 @@ class Trainer:
         num_workers, collate_fn, pin_memory, prefetch_factor: DataLoader settings.
         device: defaults to ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
         progress: show a tqdm bar (rank 0).
+        tensorboard: also write every ``log.csv`` value of every step as a TensorBoard scalar (tag = column name,
+            global step = ``step``) to ``run_dir/tensorboard`` (rank 0); needs the ``tensorboard`` extra. A resumed
+            run purges the events after its checkpoint's step, as it drops those rows of ``log.csv``.
         sync_timing: synchronize CUDA around ``make_views`` so that ``views_s`` is exact (costs a little speed).
         find_unused_parameters: passed to DistributedDataParallel.
         sync_bn: with more than one process, convert every BatchNorm layer of ``model`` (encoder, projector,
@@ -292,7 +307,7 @@ class Trainer:
                  on_step: Callable[[int, dict[str, float]], None] | None = None, num_workers: int = 0,
                  collate_fn: Callable | None = None, pin_memory: bool | None = None, prefetch_factor: int | None = None,
                  device: str | torch.device | None = None, progress: bool = True, sync_timing: bool = False,
-                 find_unused_parameters: bool = False, sync_bn: bool = False) -> None:
+                 find_unused_parameters: bool = False, sync_bn: bool = False, tensorboard: bool = False) -> None:
         if (epochs is None) == (steps is None):
             raise ValueError("give exactly one of epochs= or steps=")
         if lr_schedule not in LR_SCHEDULES:
@@ -315,6 +330,8 @@ class Trainer:
         self.progress, self.sync_timing = progress, sync_timing
         self.find_unused_parameters = find_unused_parameters
         self.sync_bn = bool(sync_bn)
+        self._summary_writer = require_tensorboard() if tensorboard else None  # a missing extra fails here
+        self._tb: Any = None
         self._optimizer_arg = optimizer
         self._epochs, self._steps = epochs, steps
 
@@ -392,6 +409,8 @@ class Trainer:
             old = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _STATE_RE.match(p.name)))
             for _, p in old[:-self.keep_checkpoints]:
                 p.unlink()
+            if self._tb is not None:
+                self._tb.flush()  # TensorBoard's events as far as this checkpoint's
             if self.export is not None:
                 self.export(self.step, final)
         if self.dist.world_size > 1:
@@ -446,6 +465,11 @@ class Trainer:
                 os.replace(tmp, self._log_path)
         elif self._log_path.exists():
             self._log_path.unlink()
+        if self._summary_writer is not None and not resumed:  # a fresh run's curves only, as in log.csv
+            for stale in (self.run_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*"):
+                stale.unlink()
+        # The events of steps after the checkpoint (computed again) are purged by the writer opened at the first row.
+        self._tb_purge_step = self.step + 1 if resumed else None
 
     def _write_log(self, row: dict[str, float]) -> None:
         if self._log_columns is None:
@@ -454,6 +478,17 @@ class Trainer:
                 csv.writer(f).writerow(self._log_columns)
         with open(self._log_path, "a", newline="") as f:
             csv.writer(f).writerow([_fmt(row.get(c, float("nan"))) for c in self._log_columns])
+        if self._summary_writer is not None:
+            if self._tb is None:
+                self._tb = self._summary_writer(str(self.run_dir / TENSORBOARD_DIR), purge_step=self._tb_purge_step)
+            for column in self._log_columns:
+                if column != "step":  # the global step
+                    self._tb.add_scalar(column, row.get(column, float("nan")), int(row["step"]))
+
+    def _close_log(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
     # --------------------------------------------------------------------------------------------------------- loop
     def fit(self, resume: bool = False) -> dict[str, float]:
@@ -531,6 +566,7 @@ class Trainer:
                     self._save(final)
         finally:
             bar.close()
+            self._close_log()
         if self.dist.world_size > 1:
             # Ranks share parameters but not BatchNorm running statistics (each ran its own last forward): take
             # rank 0's so every process ends with the model rank 0 saved.
