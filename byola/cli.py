@@ -108,7 +108,8 @@ class Commands:
     """byola: BYOL for Audio — embed audio files, pretrain on your corpus, evaluate on downstream tasks."""
 
     def embed(self, *inputs: str, model: str | None = None, checkpoint: str | None = None,
-              out: str = "byola_embeddings", frames: bool = False, device: str = "cpu", batch_size: int = 64,
+              out: str = "byola_embeddings", frames: bool = False, frame_hop_ms: float | None = None,
+              device: str = "cpu", batch_size: int = 64,
               num_workers: int | None = None, norm_stats: str | None = None, frontend_backend: str = "torchaudio",
               compile: bool = False, precision: str = "fp32", progress: bool = True,
               accept_license: bool = False, format: str = "npy", shard: str | None = None,
@@ -127,7 +128,9 @@ class Commands:
             model: a model name from `byola models` (default: the model shipped with byola).
             checkpoint: a byola .safetensors checkpoint or an official BYOL-A .pth file (converted in memory).
             out: output folder.
-            frames: also write frame-level embeddings with timestamps (OUT/frames/*.npz).
+            frames: also write frame-level embeddings with timestamps (OUT/frames/<absolute input path>.npz).
+            frame_hop_ms: with --frames, the frames' hop in ms: a multiple of the model's (80 ms for v1, 40 ms
+                for v2); each written frame is the mean of that many model frames (default: the model's hop).
             device: torch device, e.g. cpu or cuda (under torchrun, cuda is cuda:LOCAL_RANK).
             batch_size: files per encoder batch.
             num_workers: worker processes decoding audio (default: one per CPU core on CPU, where they also run
@@ -152,12 +155,13 @@ class Commands:
         Examples:
             byola embed examples/ --out emb
             byola embed clips/ list.txt --model byol-a-v1-d2048 --out emb --frames --device cuda
+            byola embed clips/ --out emb --frames --frame_hop_ms 160
             byola embed clips/ --checkpoint runs/v2/model.safetensors --out emb
             torchrun --nproc_per_node 8 -m byola embed corpus/ --out emb --device cuda --format parquet
             byola embed corpus/ --out /shared/emb --shard $SLURM_ARRAY_TASK_ID/16
             byola embed --merge /shared/emb
         """
-        from .embed_job import check_options
+        from .embed_job import check_frame_hop, check_options
 
         if merge is not None:
             if inputs or shard is not None:
@@ -194,7 +198,9 @@ class Commands:
         embedder = load(ref, device=device, norm_stats=stats,
                         frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend,
                         compile=compile, accept_license=accept_license, precision=precision)
-        job = dict(batch_size=batch_size, frames=frames, num_workers=num_workers, format=format)
+        check_frame_hop(embedder, frames, frame_hop_ms)
+        job = dict(batch_size=batch_size, frames=frames, num_workers=num_workers, format=format,
+                   frame_hop_ms=frame_hop_ms)
         if ranks.world_size > 1:
             from .embed_parts import embed_distributed
 

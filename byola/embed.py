@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
@@ -23,6 +24,7 @@ from torch import nn
 from .audio import resample
 from .checkpoint import load_any
 from .decoded import DecodedWaves
+from .errors import UsageError
 from .files import file_sha256
 from .frontend import LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
@@ -137,17 +139,42 @@ class Embedder(nn.Module):
         return pool_frames(frames)
 
     @torch.inference_mode()
-    def embed_frames(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frame embeddings [T', D] and their centre timestamps in milliseconds [T'] for one waveform."""
+    def embed_frames(self, waveform: torch.Tensor | np.ndarray, sample_rate: int,
+                     hop_ms: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame embeddings [T', D] and their centre timestamps in milliseconds [T'] for one waveform, at the
+        model's `frame_hop_ms` or at `hop_ms` (a multiple of it: see `frames_at_hop`)."""
         wave = resample(torch.as_tensor(waveform, dtype=torch.float32), sample_rate, self.sample_rate)
-        emb = torch.cat(list(self._stream_frame_embeddings([wave])))
-        return emb, self.frame_timestamps_ms(len(emb))
+        return self.frames_at_hop(torch.cat(list(self._stream_frame_embeddings([wave]))), hop_ms)
 
     def frame_timestamps_ms(self, n_frames: int) -> torch.Tensor:
         """Centre time of each frame embedding, in ms: output frame k covers log-mel frames [k·h, (k+1)·h)."""
+        return self._frame_centres_ms(n_frames).float()
+
+    def _frame_centres_ms(self, n_frames: int) -> torch.Tensor:
         hop = self.encoder.frame_hop
         centre_frames = torch.arange(n_frames, dtype=torch.float64) * hop + (hop - 1) / 2
-        return (centre_frames * 1000.0 * self.frontend.hop_length / self.sample_rate).float()
+        return centre_frames * 1000.0 * self.frontend.hop_length / self.sample_rate
+
+    def frames_per_hop(self, hop_ms: float | None) -> int:
+        """How many of the model's frames (`frame_hop_ms` apart) one frame at `hop_ms` pools (1 for None). Raises
+        `UsageError` unless `hop_ms` is a positive multiple of `frame_hop_ms`."""
+        if hop_ms is None:
+            return 1
+        ratio = float(hop_ms) / self.frame_hop_ms
+        if not (round(ratio) >= 1 and math.isclose(ratio, round(ratio), rel_tol=1e-9)):
+            native = self.frame_hop_ms
+            raise UsageError(f"frame hop {hop_ms:g} ms is not a multiple of this model's frame hop {native:g} ms",
+                             f"use {native:g}, {2 * native:g}, {3 * native:g}, ... ms")
+        return round(ratio)
+
+    def frames_at_hop(self, frames: torch.Tensor, hop_ms: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame embeddings [T, D] at the model's hop → (embeddings [T', D], centre timestamps in ms [T']) at
+        `hop_ms`: each output frame is the mean of `frames_per_hop(hop_ms)` consecutive frames (mean pooling, as
+        BYOL-A's clip embedding averages frames over time; a last, shorter group averages what is left, so the
+        whole input is covered) and its timestamp the mean of their centres."""
+        size = self.frames_per_hop(hop_ms)
+        times = _mean_groups(self._frame_centres_ms(len(frames))[:, None], size)[:, 0]
+        return _mean_groups(frames, size), times.float()
 
     def embed_files(self, paths: Sequence[str | os.PathLike], out: str | os.PathLike, **kwargs) -> "EmbedSummary":
         """Embed audio files into `out` (see `byola.embed_job.embed_files`)."""
@@ -196,6 +223,17 @@ class Embedder(nn.Module):
         if final > emitted_in:
             lo = max(emitted_in - ctx, 0)
             yield run(lo, end, emitted_in, final)
+
+
+def _mean_groups(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Means of consecutive groups of `size` rows of `x` [T, D] (the last group may be shorter): [ceil(T/size), D]."""
+    if size == 1:
+        return x
+    full = len(x) // size * size
+    groups = [x[:full].unflatten(0, (-1, size)).mean(dim=1)]
+    if full < len(x):
+        groups.append(x[full:].mean(dim=0, keepdim=True))
+    return torch.cat(groups)
 
 
 def pool_frames(chunks: Iterable[torch.Tensor]) -> torch.Tensor:

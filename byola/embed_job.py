@@ -160,11 +160,27 @@ def check_options(batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int | None 
         pq.write_table  # noqa: B018 -- imports pyarrow now: a missing extra is refused before any work
 
 
-def job_settings(embedder: Embedder, frames: bool, max_load_sec: float) -> dict:
-    """Everything that changes the numbers of an embed job's output: the embedder's `settings()`, frames on/off,
-    and the length above which files are decoded in blocks (resampled block by block: equal within resampling
-    tolerance, not bit for bit)."""
-    return {**embedder.settings(), "frames": bool(frames), "max_load_sec": float(max_load_sec)}
+def job_settings(embedder: Embedder, frames: bool, max_load_sec: float, frame_hop_ms: float | None = None) -> dict:
+    """Everything that changes the numbers of an embed job's output: the embedder's `settings()`, frames on/off
+    and their hop when it is not the model's own, and the length above which files are decoded in blocks
+    (resampled block by block: equal within resampling tolerance, not bit for bit)."""
+    settings = {**embedder.settings(), "frames": bool(frames), "max_load_sec": float(max_load_sec)}
+    if check_frame_hop(embedder, frames, frame_hop_ms) > 1:  # the model's hop keeps earlier settings valid
+        settings["frame_hop_ms"] = float(frame_hop_ms)
+    return settings
+
+
+def check_frame_hop(embedder: Embedder, frames: bool, frame_hop_ms: float | None) -> int:
+    """The model's frames pooled into one written frame (`Embedder.frames_per_hop`); raises `EmbedJobError` (one
+    line) for a hop without `frames` or one that is not a multiple of the model's."""
+    if frame_hop_ms is None:
+        return 1
+    if not frames:
+        raise EmbedJobError(f"--frame_hop_ms {frame_hop_ms:g} is the hop of the frame embeddings: add --frames")
+    try:
+        return embedder.frames_per_hop(frame_hop_ms)
+    except UsageError as err:
+        raise EmbedJobError(f"--frame_hop_ms: {err}") from None
 
 
 def differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
@@ -584,7 +600,8 @@ def frames_name(file: str) -> str:
 def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str | os.PathLike,
                 batch_size: int = DEFAULT_BATCH_SIZE, frames: bool = False, num_workers: int | None = None,
                 max_load_sec: float = 60.0, progress: bool = True, flush_every: int = 256,
-                decoded: DecodedWaves | None = None, format: str = "npy", part: Part | None = None) -> EmbedSummary:
+                decoded: DecodedWaves | None = None, format: str = "npy", part: Part | None = None,
+                frame_hop_ms: float | None = None) -> EmbedSummary:
     """Embed `paths` into `out`: `embeddings.npy` (float32, one row per ok file), `index.csv` (one line per path,
     in the given order, paths absolute but links not resolved) and `manifest.json` (see the module docstring).
     With ``format="parquet"``, one Parquet file (`parquet_name`, columns as in `parquet_table`) replaces the first
@@ -595,8 +612,9 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
     log-mel frames (20 s) run alone in chunks, and files longer than `max_load_sec` are also read from disk in
     blocks. With `frames=True`, each ok file's frame embeddings and their timestamps (ms) go to
     `out/frames/<absolute path of the file>.npz` (`embeddings`, `timestamps_ms`), also named in index.csv's
-    `frames` column. Finished work is saved in shards every `flush_every` files, so rerunning on the same `out`
-    reuses it; failed files are recorded with their error and retried on the next run. A second job into the same
+    `frames` column, at the model's frame hop or at `frame_hop_ms` (a multiple of it; frames are mean-pooled, see
+    `Embedder.frames_at_hop`; the clip embeddings do not change). Finished work is saved in shards every
+    `flush_every` files, so rerunning on the same `out` reuses it; failed files are recorded with their error and retried on the next run. A second job into the same
     `out` while one runs, or one with settings that change the numbers (`job_settings`), raises `EmbedJobError`.
 
     `num_workers` DataLoader worker processes (default `default_num_workers`: none for files that fit in one chunk,
@@ -607,6 +625,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
     by an earlier pass (`Embedder.fit_norm_stats(..., keep=...)`), used instead of decoding those files again.
     """
     check_options(batch_size, num_workers, max_load_sec, flush_every, format)
+    check_frame_hop(embedder, frames, frame_hop_ms)
     out = Path(out)
     files = [os.path.abspath(p) for p in paths]
     if len(set(files)) != len(files):
@@ -615,7 +634,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
         embedder._normalized_logmel(torch.zeros(1, 1))  # raises the missing-statistics error before any work
     with writing(out):
         return _run(embedder, files, out, batch_size, frames, num_workers, max_load_sec, progress, flush_every,
-                    decoded, format, part)
+                    decoded, format, part, frame_hop_ms)
 
 
 @contextmanager
@@ -641,9 +660,10 @@ def writing(out: Path) -> Iterator[None]:
 
 def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frames: bool, num_workers: int | None,
          max_load_sec: float, progress: bool, flush_every: int, decoded: DecodedWaves | None, format: str,
-         part: Part | None) -> EmbedSummary:
+         part: Part | None, frame_hop_ms: float | None) -> EmbedSummary:
     on_cpu = embedder.device.type == "cpu"
-    state = _State(out, job_settings(embedder, frames, max_load_sec), getattr(embedder, "norm_stats_source", ""))
+    state = _State(out, job_settings(embedder, frames, max_load_sec, frame_hop_ms),
+                   getattr(embedder, "norm_stats_source", ""))
     had_state = bool(state.shards)
     todo = [f for f in files if not state.done(f)]
     reused = len(files) - len(todo)
@@ -670,9 +690,9 @@ def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frame
         if item.frames is not None:
             name = frames_name(file)
             (out / name).parent.mkdir(parents=True, exist_ok=True)
+            embeddings, timestamps_ms = embedder.frames_at_hop(item.frames, frame_hop_ms)
             with atomic_writer(out / name) as f:
-                np.savez(f, embeddings=item.frames.numpy().astype(np.float32),
-                         timestamps_ms=embedder.frame_timestamps_ms(len(item.frames)).numpy())
+                np.savez(f, embeddings=embeddings.numpy().astype(np.float32), timestamps_ms=timestamps_ms.numpy())
             rec["frames"] = name
         pending_records.append(rec)
         pending_emb.append(item.clip.numpy())

@@ -272,3 +272,49 @@ def test_image_checkpoint_is_refused_clearly(tmp_path):
          modality="image")
     with pytest.raises(ValueError, match="image model"):
         byola.load(path)
+
+
+def test_frames_at_a_coarser_hop_are_mean_pooled(ckpt, tmp_path):
+    """Issue 11: `--frames --frame_hop_ms N` writes frames N ms apart, each the mean of N / frame_hop_ms model
+    frames (a last shorter group averages the rest), with their centre timestamps; clip embeddings do not change."""
+    wave = tmp_path / "tone.wav"
+    sf.write(wave, _tone(3.3), 16000)  # 331 log-mel frames -> 41 model frames 80 ms apart
+    model = byola.load(ckpt)
+    assert model.frame_hop_ms == 80.0
+    model.embed_files([wave], tmp_path / "native", frames=True, num_workers=0, progress=False)
+    model.embed_files([wave], tmp_path / "pooled", frames=True, frame_hop_ms=240, num_workers=0, progress=False)
+    (native,), (pooled,) = _read_index(tmp_path / "native"), _read_index(tmp_path / "pooled")
+    with np.load(tmp_path / "native" / native["frames"]) as a, np.load(tmp_path / "pooled" / pooled["frames"]) as b:
+        frames, times = a["embeddings"], a["timestamps_ms"].astype(np.float64)
+        assert frames.shape[0] == 41 and b["embeddings"].shape == (14, 64)
+        expected = np.stack([frames[k:k + 3].mean(axis=0) for k in range(0, 41, 3)])  # 13 groups of 3, then 2
+        np.testing.assert_allclose(b["embeddings"], expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(b["timestamps_ms"], [times[k:k + 3].mean() for k in range(0, 41, 3)], rtol=1e-7)
+        assert np.diff(b["timestamps_ms"])[:-1] == pytest.approx(240.0)
+    np.testing.assert_array_equal(np.load(tmp_path / "native" / "embeddings.npy"),
+                                  np.load(tmp_path / "pooled" / "embeddings.npy"))
+    # The Python API pools the same way.
+    api_frames, api_times = model.embed_frames(_tone(3.3), 16000, hop_ms=240)
+    np.testing.assert_allclose(api_frames.numpy(), expected, rtol=1e-4, atol=1e-4)
+    # The hop is a setting of the output folder: a rerun with another hop is refused like any other change.
+    with pytest.raises(ValueError, match="other settings.*frame_hop_ms"):
+        model.embed_files([wave], tmp_path / "pooled", frames=True, frame_hop_ms=160, num_workers=0,
+                          progress=False)
+    # The model's own hop is the default: same settings, nothing to redo.
+    again = model.embed_files([wave], tmp_path / "native", frames=True, frame_hop_ms=80, num_workers=0,
+                              progress=False)
+    assert again.reused == 1
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--frames", "--frame_hop_ms", "100"],
+     "--frame_hop_ms: frame hop 100 ms is not a multiple of this model's frame hop 80 ms: use 80, 160, 240, ... ms"),
+    (["--frames", "--frame_hop_ms", "0"], "--frame_hop_ms: frame hop 0 ms is not a multiple of this model's frame "
+                                          "hop 80 ms: use 80, 160, 240, ... ms"),
+    (["--frame_hop_ms", "160"], "--frame_hop_ms 160 is the hop of the frame embeddings: add --frames"),
+])
+def test_cli_bad_frame_hop_is_one_line_before_any_work(ckpt, tone_wav, tmp_path, options, message):
+    done = subprocess.run([sys.executable, "-m", "byola", "embed", str(tone_wav), "--checkpoint", str(ckpt),
+                           "--out", str(tmp_path / "out"), *options], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"byola embed: error: {message}"]
+    assert not (tmp_path / "out").exists()
