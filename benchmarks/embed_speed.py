@@ -1,15 +1,25 @@
 """Embedding throughput and memory on this machine (run by hand; prints figures, asserts nothing).
 
-    python benchmarks/embed_speed.py [--data ../shared/data] [--batch 256] [--hour]
+    python benchmarks/embed_speed.py [--data ../shared/data] [--batch 256] [--memory [--baseline_src DIR]]
 
 For AudioNTT2020 d=512 (random weights: speed does not depend on them) it prints, in one run:
   (a) the encoder alone on precomputed log-mels, plain eager PyTorch (fp32, contiguous, BN unfused);
   (b) the encoder alone optimized (byola.models.optimize_for_inference) in one process, and as `embed` runs it
       on a CPU (in one single-threaded worker process per core), and the max relative difference from (a);
   (c) `embed_files` end to end (decoding, resampling, frontend, model) on spcv2_12 and esc50_f4;
-(b)'s embed line and (c) run with `byola.runtime.keep_freed_memory()`, as the `byola` command does;
-and with --hour, the peak resident memory of `byola embed` on a generated one-hour file, next to the same
-command on a one-minute file. It starts with the CPU model and whether it has native bf16 (byola.precision).
+(b)'s embed line and (c) run with `byola.runtime.keep_freed_memory()`, as the `byola` command does.
+It starts with the CPU model and whether it has native bf16 (byola.precision).
+
+  --memory     (m) peak memory of `byola embed` as a user runs it, in two measures: the resident memory (RSS) of
+               its largest process (getrusage; pages shared with other processes counted in full), and the
+               proportional memory (PSS, shared pages split between the processes sharing them) of all its
+               processes together (main process and worker processes, sampled every 20 ms). Cases: esc50_f4 with
+               statistics computed from the inputs (checkpoint without statistics: the statistics pass keeps the
+               decoded waveforms for the embedding pass, and worker processes embed), a generated one-hour file
+               and, for reference, a one-minute one (checkpoint with statistics).
+               --baseline_src DIR also runs each case with the byola package of DIR (a checkout of another
+               version, e.g. `git archive main | tar -x -C DIR`) on PYTHONPATH, interleaved: before/after figures
+               from one run.
 
   --precision  (e) the optimized encoder in fp32 and under bf16 autocast (one process, all threads): clips/s, the
                ratio and the minimum cosine similarity to fp32; and the encoder's steady state in FLOP/s (FLOPs
@@ -20,7 +30,7 @@ command on a one-minute file. It starts with the CPU model and whether it has na
   --cli        (g) whole processes as a user runs them (median of --rounds, interleaved): `byola --help`,
                `python -c "import torch"` (the floor), `byola embed` on one 1-s file; `byola embed` on spcv2_12 with
                statistics given vs computed from the inputs (checkpoint without statistics: one decoding pass),
-               and with --precision bf16; peak memory on esc50_f4 with statistics computed.
+               and with --precision bf16 (peak memory: --memory).
                --official "CMD" times CMD the same way, interleaved with byola's spcv2_12 run (statistics
                computed), and prints byola's speed as a multiple of it: the official BYOL-A pipeline is not part
                of this project; whoever has it writes CMD to embed the same 2,706 files with the official v1
@@ -82,13 +92,13 @@ def _tree_pss_bytes(root: int) -> int:
     return total
 
 
-def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
+def peak_rss_mb(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Peak resident memory (MB) of a command run in a fresh process: RSS of its largest process (getrusage), and
     PSS of all its processes together (worker processes included; sampled every 20 ms)."""
     code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=False);"
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     proc = subprocess.Popen([sys.executable, "-c", code, *cmd], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+                            text=True, env=env)
     total = 0
     while proc.poll() is None:
         total = max(total, _tree_pss_bytes(proc.pid))
@@ -227,12 +237,37 @@ def cli_figures(data: Path, tmp: Path, ckpt: Path, ckpt_no_stats: Path, rounds: 
             theirs = med["official pipeline (--official)"]
             print(f"(g) byola (statistics computed) = {theirs / computed:.2f}x the official pipeline's speed"
                   + (f"; bf16: {theirs / bf16:.2f}x" if bf16 else ""))
-    esc = data / "esc50_f4" / "esc50_f4.csv"
-    if esc.exists():
-        rss = peak_rss_mb(_byola("embed", str(esc.parent / "audio"), "--checkpoint", str(ckpt_no_stats),
-                                 "--out", str(tmp / "cli_esc50"), "--progress", "False"))
-        print(f"(g) peak memory, byola embed on esc50_f4, statistics computed: {rss[0]:.0f} MB RSS in its largest "
-              f"process, {rss[1]:.0f} MB PSS in all its processes")
+
+
+def memory_figures(data: Path, tmp: Path, ckpt: Path, ckpt_no_stats: Path, baseline_src: str | None) -> None:
+    """(m) peak memory of whole `byola embed` processes (see the docstring), with this checkout's byola and, with
+    `baseline_src`, the byola of that folder, case by case."""
+    cases: dict[str, list[str]] = {}
+    esc = data / "esc50_f4" / "audio"
+    if esc.is_dir():
+        cases["esc50_f4 (392 x 5 s), statistics computed"] = [str(esc), "--checkpoint", str(ckpt_no_stats)]
+    else:
+        print(f"(m) esc50_f4: skipped, {esc} not found")
+    for label, seconds in (("a one-minute file", 60), ("a one-hour file", 3600)):
+        path = tmp / f"{seconds}s.wav"
+        with sf.SoundFile(path, "w", 16000, 1, subtype="PCM_16") as f:
+            rng = np.random.default_rng(0)
+            for _ in range(seconds // 60):
+                f.write((0.1 * rng.standard_normal(960000)).astype(np.float32))
+        cases[label] = [str(path), "--checkpoint", str(ckpt)]
+    versions = {"this checkout": None}
+    if baseline_src:
+        versions = {f"baseline {baseline_src}": baseline_src, **versions}
+    for name, args in cases.items():
+        for version, src in versions.items():
+            env = dict(os.environ)
+            if src:
+                env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
+            out = tmp / f"mem_{abs(hash((name, version)))}"
+            largest, total = peak_rss_mb(_byola("embed", *args, "--out", str(out), "--progress", "False"), env)
+            done = "" if (out / "manifest.json").exists() else " (FAILED: no manifest.json)"
+            print(f"(m) {name:42s} {version:30s} {largest:6.0f} MB RSS in its largest process, {total:6.0f} MB PSS "
+                  f"in all its processes together{done}")
 
 
 def load_figures(data: Path, tmp: Path, ckpt: Path, rounds: int) -> None:
@@ -259,7 +294,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(SHARED_DATA))
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--hour", action="store_true", help="also measure peak memory on a one-hour file")
+    parser.add_argument("--memory", action="store_true", help="(m) peak memory: esc50_f4 with statistics computed, "
+                        "a one-hour file")
+    parser.add_argument("--baseline_src", default=None, help="(m) also with the byola package of this folder")
     parser.add_argument("--compile", action="store_true", help="end to end with `embed --compile`")
     parser.add_argument("--precision", action="store_true", help="(e) fp32 vs bf16, FLOP/s vs peak")
     parser.add_argument("--cli", action="store_true", help="(g) whole-process figures")
@@ -267,7 +304,7 @@ def main() -> None:
     parser.add_argument("--only", action="store_true", help="skip (a)-(d)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--official", default=None, help="a shell command running the official pipeline (see above)")
-    parser.add_argument("--checkpoint", default=None, help="for (g)/(h): weights to use (statistics are dropped for "
+    parser.add_argument("--checkpoint", default=None, help="for (g)/(h)/(m): weights to use (statistics are dropped for "
                         "the 'computed' runs); default: AudioNTT2020 d=512 random init")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -292,6 +329,8 @@ def main() -> None:
         cli_figures(Path(args.data), tmp, ckpt, ckpt_no_stats, args.rounds, args.official)
     if args.load:
         load_figures(Path(args.data), tmp, ckpt, args.rounds)
+    if args.memory:
+        memory_figures(Path(args.data), tmp, ckpt, ckpt_no_stats, args.baseline_src)
     if args.only:
         print(f"(work files in {tmp})")
         return
@@ -344,17 +383,6 @@ def main() -> None:
 
         cost_split(files[:512], model, fast)
 
-    if args.hour:
-        for label, seconds in (("one minute", 60), ("one hour", 3600)):
-            path = tmp / f"{seconds}s.wav"
-            with sf.SoundFile(path, "w", 16000, 1, subtype="PCM_16") as f:
-                rng = np.random.default_rng(0)
-                for _ in range(seconds // 60):
-                    f.write((0.1 * rng.standard_normal(960000)).astype(np.float32))
-            rss = peak_rss_mb([sys.executable, "-m", "byola", "embed", str(path), "--checkpoint", str(ckpt),
-                               "--out", str(tmp / f"out_{seconds}"), "--progress", "False"])
-            print(f"peak RSS, byola embed on a {label} file: {rss[0]:.0f} MB in its largest process, "
-                  f"{rss[1]:.0f} MB PSS in all its processes together")
     print(f"(work files in {tmp})")
 
 

@@ -30,6 +30,7 @@ from .frontend import LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
 from .norm import NormStats, PreNormalization, compute_norm_stats
 from .precision import autocast, precision_name, resolve_precision
+from .runtime import freed_memory_returned
 
 # Log-mel frames computed per encoder chunk (20 s of audio at hop 160). A multiple of every encoder's frame_hop.
 CHUNK_FRAMES = 2000
@@ -186,9 +187,12 @@ class Embedder(nn.Module):
         """Compute exact pre-normalization statistics from `paths` (skipping unreadable files) and use them.
 
         `keep` receives the decoded waveforms; pass it to `embed_files(..., decoded=keep)` to decode each file once.
+        The pass returns freed memory to the OS (`byola.runtime.freed_memory_returned`), so the kept waveforms do
+        not pin a heap grown by each batch's temporaries.
         """
-        stats = compute_norm_stats(paths, self.frontend, sample_rate=self.sample_rate, skip_errors=True,
-                                   on_decoded=keep.put if keep is not None else None)
+        with freed_memory_returned():
+            stats = compute_norm_stats(paths, self.frontend, sample_rate=self.sample_rate, skip_errors=True,
+                                       on_decoded=keep.put if keep is not None else None)
         self.set_norm_stats(stats, source=f"computed from {len(paths)} inputs")
         return stats
 
