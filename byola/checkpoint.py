@@ -274,14 +274,18 @@ def load_official(src: str | os.PathLike, norm_stats: Any = None) -> tuple[nn.Mo
 
 def load_any(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """A byola ``.safetensors`` checkpoint (:func:`load_checkpoint`) or an official BYOL-A ``.pth`` file
-    (:func:`load_official`, converted in memory), told apart by their first bytes."""
+    (:func:`load_official`, converted in memory), told apart by their first bytes: a safetensors file is the
+    length of its JSON header (8 bytes, little-endian; its first bytes may read like a pickle's or a zip's), then
+    the header, which opens with ``{``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such file")
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    header_length = int.from_bytes(head[:8], "little")
+    safetensors = len(head) == 9 and head[8:] == b"{" and 8 + header_length <= path.stat().st_size
     torch_file = head.startswith(b"PK") or head[:1] == b"\x80"  # zip (torch >= 1.6) or legacy pickle
-    return load_official(path) if torch_file else load_checkpoint(path)
+    return load_official(path) if torch_file and not safetensors else load_checkpoint(path)
 
 
 def convert_official(src: str | os.PathLike, dst: str | os.PathLike, norm_stats: Any = None,

@@ -282,3 +282,25 @@ def test_format_1_files_read_as_format_2(tmp_path: Path) -> None:
         assert (meta2["format_version"], meta2["modality"], meta2["frontend"]) == (2, modality, frontend)
     with pytest.raises(ValueError, match="modality argument"):
         save_checkpoint(tmp_path / "x.safetensors", encoder, {"modality": "image"})
+
+
+@pytest.mark.parametrize("start", [b"\x80", b"PK"])
+def test_load_any_tells_a_byola_file_from_a_torch_file_by_its_header(tmp_path, start):
+    """A safetensors file starts with the length of its JSON header (8 bytes, little-endian), so it may start like
+    a pickle (0x80) or a zip file ("PK"): such a byola checkpoint was read as an official .pth file, which dropped
+    its normalization statistics (and recorded librosa as its frontend)."""
+    from byola.checkpoint import load_any
+
+    encoder, path = AudioNTT2020(n_mels=64, d=64), tmp_path / "model.safetensors"
+
+    def save(pad: int) -> int:  # the header's length grows by one byte per character of the provenance
+        save_checkpoint(path, encoder, FRONTEND, {"mean": -6.0, "std": 5.0}, {"pad": "x" * pad})
+        return int.from_bytes(path.read_bytes()[:8], "little")
+
+    length = save(0)
+    target = int.from_bytes(start, "little")
+    target += -(-(length - target) // 256**len(start)) * 256**len(start)  # the first length >= ours that starts so
+    save(target - length)
+    assert path.read_bytes().startswith(start)
+    meta = load_any(path)[1]
+    assert meta["norm_stats"] == {"mean": -6.0, "std": 5.0} and meta["frontend"] == load_checkpoint(path)[1]["frontend"]
