@@ -16,7 +16,7 @@ It starts with the CPU model and whether it has native bf16 (byola.precision).
                processes together (main process and worker processes, sampled every 20 ms). Cases: esc50_f4 with
                statistics computed from the inputs (checkpoint without statistics: the statistics pass keeps the
                decoded waveforms for the embedding pass, and worker processes embed), a generated one-hour file
-               and, for reference, a one-minute one (checkpoint with statistics).
+               and, for reference, a one-minute one (statistics given); each --rounds times.
                --baseline_src DIR also runs each case with the byola package of DIR (a checkout of another
                version, e.g. `git archive main | tar -x -C DIR`) on PYTHONPATH, interleaved: before/after figures
                from one run.
@@ -239,13 +239,14 @@ def cli_figures(data: Path, tmp: Path, ckpt: Path, ckpt_no_stats: Path, rounds: 
                   + (f"; bf16: {theirs / bf16:.2f}x" if bf16 else ""))
 
 
-def memory_figures(data: Path, tmp: Path, ckpt: Path, ckpt_no_stats: Path, baseline_src: str | None) -> None:
+def memory_figures(data: Path, tmp: Path, ckpt_no_stats: Path, baseline_src: str | None, rounds: int) -> None:
     """(m) peak memory of whole `byola embed` processes (see the docstring), with this checkout's byola and, with
-    `baseline_src`, the byola of that folder, case by case."""
+    `baseline_src`, the byola of that folder, interleaved, `rounds` times each (the peak varies from run to run:
+    which thread allocates a large block decides where glibc puts it)."""
     cases: dict[str, list[str]] = {}
     esc = data / "esc50_f4" / "audio"
     if esc.is_dir():
-        cases["esc50_f4 (392 x 5 s), statistics computed"] = [str(esc), "--checkpoint", str(ckpt_no_stats)]
+        cases["esc50_f4 (392 x 5 s), statistics computed"] = [str(esc)]
     else:
         print(f"(m) esc50_f4: skipped, {esc} not found")
     for label, seconds in (("a one-minute file", 60), ("a one-hour file", 3600)):
@@ -254,20 +255,28 @@ def memory_figures(data: Path, tmp: Path, ckpt: Path, ckpt_no_stats: Path, basel
             rng = np.random.default_rng(0)
             for _ in range(seconds // 60):
                 f.write((0.1 * rng.standard_normal(960000)).astype(np.float32))
-        cases[label] = [str(path), "--checkpoint", str(ckpt)]
+        cases[label] = [str(path), "--norm_stats", "-6.0,5.0"]  # statistics given: no statistics pass
     versions = {"this checkout": None}
     if baseline_src:
         versions = {f"baseline {baseline_src}": baseline_src, **versions}
     for name, args in cases.items():
-        for version, src in versions.items():
-            env = dict(os.environ)
-            if src:
-                env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
-            out = tmp / f"mem_{abs(hash((name, version)))}"
-            largest, total = peak_rss_mb(_byola("embed", *args, "--out", str(out), "--progress", "False"), env)
-            done = "" if (out / "manifest.json").exists() else " (FAILED: no manifest.json)"
-            print(f"(m) {name:42s} {version:30s} {largest:6.0f} MB RSS in its largest process, {total:6.0f} MB PSS "
-                  f"in all its processes together{done}")
+        peaks: dict[str, list[tuple[float, float]]] = {version: [] for version in versions}
+        for r in range(rounds):
+            for version, src in versions.items():
+                env = dict(os.environ)
+                if src:
+                    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
+                out = tmp / f"mem_{abs(hash((name, version)))}_{r}"
+                cmd = _byola("embed", *args, "--checkpoint", str(ckpt_no_stats), "--out", str(out),
+                             "--progress", "False")
+                peaks[version].append(peak_rss_mb(cmd, env))
+                if not (out / "manifest.json").exists():
+                    print(f"(m) {name}, {version}: FAILED (no manifest.json in {out})")
+        for version, values in peaks.items():
+            largest, total = [v[0] for v in values], [v[1] for v in values]
+            print(f"(m) {name:42s} {version:30s} peak of {rounds}: {max(largest):5.0f} MB RSS in its largest process "
+                  f"({', '.join(f'{x:.0f}' for x in largest)}), {max(total):5.0f} MB PSS in all its processes "
+                  f"together ({', '.join(f'{x:.0f}' for x in total)})")
 
 
 def load_figures(data: Path, tmp: Path, ckpt: Path, rounds: int) -> None:
@@ -330,7 +339,7 @@ def main() -> None:
     if args.load:
         load_figures(Path(args.data), tmp, ckpt, args.rounds)
     if args.memory:
-        memory_figures(Path(args.data), tmp, ckpt, ckpt_no_stats, args.baseline_src)
+        memory_figures(Path(args.data), tmp, ckpt_no_stats, args.baseline_src, args.rounds)
     if args.only:
         print(f"(work files in {tmp})")
         return

@@ -89,6 +89,8 @@ if [ -d "$DATA/fsdd/audio" ]; then
   step 0 "embed a folder (nested, $(find "$W/clips" -name '*.wav' | wc -l) clips) with --frames" \
     byola embed "$W/clips" --frames --out "$W/emb_frames"
   step 0 "rerun the same job: nothing to redo" byola embed "$W/clips" --frames --out "$W/emb_frames"
+  step 0 "the same folder with frames every 160 ms (--frame_hop_ms: 2 model frames pooled)" \
+    byola embed "$W/clips" --frames --frame_hop_ms 160 --out "$W/emb_frames160"
 fi
 
 # -- a model by name from a loopback server -------------------------------------------------------------------
@@ -141,6 +143,15 @@ if [ -d "$W/clips" ]; then
     --out "$W/run" --train.steps=20 --train.batch_size=16 --data.num_workers=1 --train.progress=false
   step 0 "byola plot RUN" byola plot "$W/run"
   step 0 "embed with the new model" byola embed examples/ --checkpoint "$W/run/model.safetensors" --out "$W/emb_run"
+  # TensorBoard is an extra (`pip install 'byola[tensorboard]'`): without it, the option is refused in one line.
+  tb=(byola pretrain "$W/clips" --recipe byola_v1 --out "$W/run" --resume --train.steps=25 --train.batch_size=16
+      --data.num_workers=1 --train.progress=false --train.tensorboard=true)
+  if "$W/byola/.venv/bin/python" -c "import tensorboard" 2>/dev/null; then
+    step 0 "extend the run by 5 steps with TensorBoard logging (RUN/tensorboard)" "${tb[@]}"
+    step 0 "the TensorBoard event files" find "$W/run/tensorboard" -type f
+  else
+    step 2 "TensorBoard logging without the tensorboard extra installed" "${tb[@]}"
+  fi
 fi
 
 # -- one mistake per command ----------------------------------------------------------------------------------
@@ -148,6 +159,7 @@ step 2 "mistake: embed, misspelt option" byola embed examples/ --out "$W/m1" --c
 step 2 "mistake: embed, bad option value" byola embed examples/ --batch_size many
 step 2 "mistake: embed, --device cuda without a GPU" byola embed examples/ --device cuda
 step 2 "mistake: embed, unknown model name" byola embed examples/ --model byol-a-v1-d51
+step 2 "mistake: embed, a frame hop that is not a multiple of the model's" byola embed examples/ --frames --frame_hop_ms 100
 step 2 "mistake: pretrain, misspelt recipe key" byola pretrain examples/ --optim.lrr=1e-4
 step 2 "mistake: pretrain, misspelt option" byola pretrain examples/ --resum
 step 2 "mistake: evaluate, unknown task" byola evaluate fsdd_digits --data_root "$DATA"
