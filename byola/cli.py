@@ -99,7 +99,7 @@ def _embed_one_process(embedder, files: list, out: str, progress: bool, job: dic
             else:
                 print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs "
                       f"(recorded in {out} and reused when resuming)", file=sys.stderr)
-                stats = embedder.fit_norm_stats(files, keep=decoded)
+                stats = embedder.fit_norm_stats(files, keep=decoded, progress=progress)
                 print(f"normalization statistics: mean={stats.mean:.6f} std={stats.std:.6f}", file=sys.stderr)
         return embedder.embed_files(files, out, progress=progress, decoded=decoded, **job)
 

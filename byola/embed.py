@@ -183,7 +183,8 @@ class Embedder(nn.Module):
 
         return embed_files(self, paths, out, **kwargs)
 
-    def fit_norm_stats(self, paths: Sequence[str | os.PathLike], keep: DecodedWaves | None = None) -> NormStats:
+    def fit_norm_stats(self, paths: Sequence[str | os.PathLike], keep: DecodedWaves | None = None,
+                       progress: bool = True) -> NormStats:
         """Compute exact pre-normalization statistics from `paths` (skipping unreadable files) and use them.
 
         `keep` receives the decoded waveforms; pass it to `embed_files(..., decoded=keep)` to decode each file once.
@@ -192,7 +193,7 @@ class Embedder(nn.Module):
         """
         with freed_memory_returned():
             stats = compute_norm_stats(paths, self.frontend, sample_rate=self.sample_rate, skip_errors=True,
-                                       on_decoded=keep.put if keep is not None else None)
+                                       on_decoded=keep.put if keep is not None else None, progress=progress)
         self.set_norm_stats(stats, source=f"computed from {len(paths)} inputs")
         return stats
 

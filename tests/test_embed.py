@@ -318,3 +318,15 @@ def test_cli_bad_frame_hop_is_one_line_before_any_work(ckpt, tone_wav, tmp_path,
                            "--out", str(tmp_path / "out"), *options], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"byola embed: error: {message}"]
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_progress_false_hides_the_statistics_bar_too(ckpt, tone_wav, tmp_path):
+    from byola.checkpoint import load_checkpoint
+
+    encoder, meta = load_checkpoint(ckpt)
+    bare = tmp_path / "bare.safetensors"
+    save_checkpoint(bare, encoder, meta["frontend"], None, {"source": "test"})
+    done = subprocess.run([sys.executable, "-m", "byola", "embed", str(tone_wav), "--checkpoint", str(bare),
+                           "--out", str(tmp_path / "out"), "--progress", "False"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "computing them from the 1 inputs" in done.stderr and "norm stats" not in done.stderr
