@@ -92,13 +92,13 @@ def _tree_pss_bytes(root: int) -> int:
     return total
 
 
-def peak_rss_mb(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+def peak_rss_mb(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[float, float]:
     """Peak resident memory (MB) of a command run in a fresh process: RSS of its largest process (getrusage), and
     PSS of all its processes together (worker processes included; sampled every 20 ms)."""
     code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=False);"
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     proc = subprocess.Popen([sys.executable, "-c", code, *cmd], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env)
+                            text=True, env=env, cwd=cwd)
     total = 0
     while proc.poll() is None:
         total = max(total, _tree_pss_bytes(proc.pid))
@@ -259,17 +259,23 @@ def memory_figures(data: Path, tmp: Path, ckpt_no_stats: Path, baseline_src: str
     versions = {"this checkout": None}
     if baseline_src:
         versions = {f"baseline {baseline_src}": baseline_src, **versions}
+    envs = {}
+    for version, src in versions.items():
+        envs[version] = dict(os.environ)
+        if src:
+            envs[version]["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        # Run from `tmp`: `python -m` puts the working folder first on sys.path, where a checkout's byola would win.
+        where = subprocess.run([sys.executable, "-c", "import byola; print(byola.__file__)"], env=envs[version],
+                               cwd=tmp, capture_output=True, text=True).stdout.strip()
+        print(f"(m) {version}: byola from {where}")
     for name, args in cases.items():
         peaks: dict[str, list[tuple[float, float]]] = {version: [] for version in versions}
         for r in range(rounds):
-            for version, src in versions.items():
-                env = dict(os.environ)
-                if src:
-                    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
+            for version in versions:
                 out = tmp / f"mem_{abs(hash((name, version)))}_{r}"
                 cmd = _byola("embed", *args, "--checkpoint", str(ckpt_no_stats), "--out", str(out),
                              "--progress", "False")
-                peaks[version].append(peak_rss_mb(cmd, env))
+                peaks[version].append(peak_rss_mb(cmd, envs[version], cwd=tmp))
                 if not (out / "manifest.json").exists():
                     print(f"(m) {name}, {version}: FAILED (no manifest.json in {out})")
         for version, values in peaks.items():

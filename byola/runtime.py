@@ -47,8 +47,9 @@ def freed_memory_returned() -> Iterator[None]:
     waveform in `byola.decoded.DecodedWaves` for the embedding pass): with freed memory kept, those waveforms pin
     the heap around the holes of each batch's large temporaries, which the next batch cannot reuse, so the heap
     grows batch after batch, and the worker processes forked afterwards inherit it. Measured on esc50_f4 (392 x
-    5 s, statistics computed; benchmarks/embed_speed.py --memory): 1.7 GB resident in the main process without
-    this, 0.95 GB with it, the same embeddings. The pass's time is in decoding, not in page faults.
+    5 s, statistics computed; benchmarks/embed_speed.py --memory): 1.85 GB resident in the main process without
+    this, 0.96 GB with it (2.37 and 1.15 GB for all processes), the same embeddings. The pass's time is in
+    decoding, not in page faults.
     """
     kept = _kept_block_bytes
     if kept is None:
