@@ -319,8 +319,9 @@ def main() -> None:
     parser.add_argument("--only", action="store_true", help="skip (a)-(d)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--official", default=None, help="a shell command running the official pipeline (see above)")
-    parser.add_argument("--checkpoint", default=None, help="for (g)/(h)/(m): weights to use (statistics are dropped for "
-                        "the 'computed' runs); default: AudioNTT2020 d=512 random init")
+    parser.add_argument("--checkpoint", default=None,
+                        help="for (g)/(h)/(m): weights to use (statistics are dropped for the 'computed' runs); "
+                             "default: AudioNTT2020 d=512 random init")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()} "

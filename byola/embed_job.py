@@ -614,8 +614,9 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
     `out/frames/<absolute path of the file>.npz` (`embeddings`, `timestamps_ms`), also named in index.csv's
     `frames` column, at the model's frame hop or at `frame_hop_ms` (a multiple of it; frames are mean-pooled, see
     `Embedder.frames_at_hop`; the clip embeddings do not change). Finished work is saved in shards every
-    `flush_every` files, so rerunning on the same `out` reuses it; failed files are recorded with their error and retried on the next run. A second job into the same
-    `out` while one runs, or one with settings that change the numbers (`job_settings`), raises `EmbedJobError`.
+    `flush_every` files, so rerunning on the same `out` reuses it; failed files are recorded with their error and
+    retried on the next run. A second job into the same `out` while one runs, or one with settings that change the
+    numbers (`job_settings`), raises `EmbedJobError`.
 
     `num_workers` DataLoader worker processes (default `default_num_workers`: none for files that fit in one chunk,
     else one per CPU core on a CPU model, 2 on an accelerator) decode the files. On a CPU model they also run the
