@@ -48,6 +48,21 @@ def tone_wav(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A small byola checkpoint (AudioNTT2020 d=32, seeded, with normalization statistics) for embedding tests."""
+    from byola.checkpoint import save_checkpoint
+    from byola.frontend import LogMelSpectrogram
+    from byola.models import build_encoder
+    from byola.norm import NormStats
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, build_encoder("AudioNTT2020", n_mels=64, d=32), LogMelSpectrogram().config(),
+                    NormStats(mean=-8.0, std=4.0, count=1), {"source": "test"})
+    return path
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: intra-op threads only add contention on a shared machine (restored afterwards)."""

@@ -21,9 +21,6 @@ import torch
 import byola
 from byola import embed as embed_mod
 from byola.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from byola.frontend import LogMelSpectrogram
-from byola.models import build_encoder
-from byola.norm import NormStats
 from tests.conftest import make_tone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,12 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(path, build_encoder("AudioNTT2020", n_mels=64, d=32), LogMelSpectrogram().config(),
-                    NormStats(mean=-8.0, std=4.0, count=1), {"source": "test"})
-    return path
+def ckpt(tiny_ckpt) -> Path:
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")

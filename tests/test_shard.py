@@ -17,13 +17,9 @@ import soundfile as sf
 import torch
 
 import byola
-from byola.checkpoint import save_checkpoint
 from byola.embed_job import EmbedJobError, read_embeddings, shard_block
 from byola.embed_parts import embed_part, merge_parts, parse_shard, shard_bounds
 from byola.files import FolderLock
-from byola.frontend import LogMelSpectrogram
-from byola.models import build_encoder
-from byola.norm import NormStats
 from tests.conftest import make_tone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,12 +28,8 @@ RUN = dict(num_workers=0, progress=False, batch_size=2)
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(path, build_encoder("AudioNTT2020", n_mels=64, d=32), LogMelSpectrogram().config(),
-                    NormStats(mean=-8.0, std=4.0, count=1), {"source": "test"})
-    return path
+def ckpt(tiny_ckpt) -> Path:
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="module")
