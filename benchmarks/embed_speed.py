@@ -32,18 +32,21 @@ It starts with the CPU model and whether it has native bf16 (byola.precision).
                statistics given vs computed from the inputs (checkpoint without statistics: one decoding pass),
                and with --precision bf16 (peak memory: --memory).
                --official "CMD" times CMD the same way, interleaved with byola's spcv2_12 run (statistics
-               computed), and prints byola's speed as a multiple of it: the official BYOL-A pipeline is not part
-               of this project; whoever has it writes CMD to embed the same 2,706 files with the official v1
-               weights (e.g. `python embed_official.py /path/spcv2_12/audio`, their script computing statistics
-               from the files, as byola does), and passes --checkpoint with the same weights converted by
-               `byola convert` (without statistics).
-  --load       (h) `byola embed` on spcv2_12 alone, and while a competing CPU-bound job (a second `byola embed`
-               of the same files, started first) runs: seconds and the slow-down.
+               computed), and prints byola's speed as a multiple of it and the ceiling this CPU puts on that
+               multiple (the encoder alone, plus `import torch`). The official BYOL-A pipeline is not part of this
+               project; whoever has it writes CMD to embed the same 2,706 files with the official v1 weights,
+               computing statistics from the files as byola does, and passes --checkpoint with the same weights
+               converted by `byola convert`: docs/performance.md says how.
+  --load       (h) `byola embed` on spcv2_12 (statistics computed) alone, and while a competing CPU-bound job
+               (`byola embed` of the same files in a loop, started first) runs throughout: seconds and the
+               slow-down; with --official, the official pipeline the same way, and byola's speed as a multiple of
+               it alone and under the same load.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -198,8 +201,9 @@ def _spcv2_files(data: Path, tmp: Path) -> Path | None:
     return listing
 
 
-def cli_figures(data: Path, tmp: Path, ckpt: Path, ckpt_no_stats: Path, rounds: int, official: str | None) -> None:
-    """(g) whole processes, interleaved rounds, medians."""
+def cli_figures(data: Path, tmp: Path, ckpt: Path, ckpt_no_stats: Path, rounds: int, official: str | None,
+                encoder: torch.nn.Module) -> None:
+    """(g) whole processes, interleaved rounds, medians; with `official`, the ceiling this CPU puts on the ratio."""
     one = tmp / "one.wav"
     sf.write(one, (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
     runs: dict[str, list[str] | str] = {
@@ -237,6 +241,15 @@ def cli_figures(data: Path, tmp: Path, ckpt: Path, ckpt_no_stats: Path, rounds: 
             theirs = med["official pipeline (--official)"]
             print(f"(g) byola (statistics computed) = {theirs / computed:.2f}x the official pipeline's speed"
                   + (f"; bf16: {theirs / bf16:.2f}x" if bf16 else ""))
+            # No pipeline embeds faster than its encoder runs, nor starts faster than `import torch`.
+            n_files = len(listing.read_text().splitlines())
+            workers = len(os.sched_getaffinity(0))
+            rate = parallel_clips_per_s(optimize_for_inference(encoder, micro_batch=16),
+                                        torch.randn(512, 1, 64, 101), 256, workers)
+            encoder_s, floor = n_files / rate, med["python -c 'import torch' (floor)"]
+            print(f"(g) ceiling on this CPU: encoder alone ({workers} 1-thread processes, {rate:.0f} clips/s) needs "
+                  f"{encoder_s:.2f} s for the {n_files} clips; official / (that + import torch) = "
+                  f"{theirs / (encoder_s + floor):.2f}x, official / that alone = {theirs / encoder_s:.2f}x")
 
 
 def memory_figures(data: Path, tmp: Path, ckpt_no_stats: Path, baseline_src: str | None, rounds: int) -> None:
@@ -285,24 +298,44 @@ def memory_figures(data: Path, tmp: Path, ckpt_no_stats: Path, baseline_src: str
                   f"together ({', '.join(f'{x:.0f}' for x in total)})")
 
 
-def load_figures(data: Path, tmp: Path, ckpt: Path, rounds: int) -> None:
-    """(h) embed alone vs with a second embed of the same files competing for the cores."""
+def load_figures(data: Path, tmp: Path, ckpt_no_stats: Path, rounds: int, official: str | None) -> None:
+    """(h) `byola embed` of spcv2_12 (statistics computed) and, with `official`, the official pipeline, each alone
+    and while a competing CPU-bound job (`byola embed` of the same files in a loop) runs throughout; interleaved."""
     listing = _spcv2_files(data, tmp)
     if not listing:
         print("(h) skipped: spcv2_12 not found")
         return
-    cmd = _byola("embed", str(listing), "--checkpoint", str(ckpt), "--progress", "False")
-    alone, loaded = [], []
+    embed = _byola("embed", str(listing), "--checkpoint", str(ckpt_no_stats), "--progress", "False")
+    runs: dict[str, list[str] | str] = {"byola embed": embed}
+    if official:
+        runs["official pipeline"] = official
+    competitor_out = tmp / "load_competitor"  # emptied each time: embed reuses the finished files of its OUT
+    loop = f"rm -rf {competitor_out}; " + " ".join(embed + ["--out", str(competitor_out)])
+    times = {(name, loaded): [] for name in runs for loaded in (False, True)}
     for r in range(rounds):
-        alone.append(_wall(cmd + ["--out", str(tmp / f"load_alone_{r}")]))
-        competitor = subprocess.Popen(cmd + ["--out", str(tmp / f"load_comp_{r}")], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
-        time.sleep(3.0)  # the competitor is past its start and embedding
-        loaded.append(_wall(cmd + ["--out", str(tmp / f"load_under_{r}")]))
-        competitor.wait()
-    a, b = statistics.median(alone), statistics.median(loaded)
-    print(f"(h) spcv2_12 embed alone {a:.2f} s, with a competing embed running {b:.2f} s -> {b / a:.2f}x the time "
-          f"(2 equal jobs sharing the cores fairly: 2x); load average now {os.getloadavg()[0]:.1f}")
+        for name, cmd in runs.items():
+            for loaded in (False, True):
+                out = ["--out", str(tmp / f"load_{r}_{loaded}_{abs(hash(name))}")] if isinstance(cmd, list) else []
+                competitor = None
+                if loaded:  # a job that competes for the whole measured run, however long it is
+                    competitor = subprocess.Popen(["bash", "-c", f"while :; do {loop}; done"], start_new_session=True,
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(3.0)  # the competitor is past its start and embedding
+                times[name, loaded].append(_wall(cmd + out if out else cmd))
+                if competitor:
+                    os.killpg(competitor.pid, signal.SIGKILL)
+                    competitor.wait()
+    med = {key: statistics.median(t) for key, t in times.items()}
+    for (name, loaded), t in med.items():
+        print(f"(h) {name:18s} {'under load' if loaded else 'alone':10s} {t:6.2f} s "
+              f"(median of {rounds}: {', '.join(f'{x:.2f}' for x in times[name, loaded])})")
+    for name in runs:
+        print(f"(h) {name}: under load / alone = {med[name, True] / med[name, False]:.2f}x the time "
+              "(2 equal jobs sharing the cores fairly: 2x)")
+    if official:
+        print(f"(h) byola = {med['official pipeline', False] / med['byola embed', False]:.2f}x the official "
+              f"pipeline's speed alone, {med['official pipeline', True] / med['byola embed', True]:.2f}x under load")
+    print(f"(h) load average now {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
@@ -342,9 +375,9 @@ def main() -> None:
     if args.precision:
         precision_figures(encoder, mels, args.batch)
     if args.cli:
-        cli_figures(Path(args.data), tmp, ckpt, ckpt_no_stats, args.rounds, args.official)
+        cli_figures(Path(args.data), tmp, ckpt, ckpt_no_stats, args.rounds, args.official, encoder)
     if args.load:
-        load_figures(Path(args.data), tmp, ckpt, args.rounds)
+        load_figures(Path(args.data), tmp, ckpt_no_stats, args.rounds, args.official)
     if args.memory:
         memory_figures(Path(args.data), tmp, ckpt_no_stats, args.baseline_src, args.rounds)
     if args.only:
