@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from byola.audio import AUDIO_EXTENSIONS, AudioError, audio_duration, crop_or_pad, load_audio
-from byola.files import list_inputs
+from byola.files import atomic_writer, list_inputs
 
 __all__ = ["scan_corpus", "probe_files", "RandomCropDataset", "PAD_MODES", "CACHE_DTYPES"]
 
@@ -142,10 +142,8 @@ class RandomCropDataset(Dataset):
         if cached.exists():
             return np.load(cached, mmap_mode="r")
         wave = load_audio(path, self.sample_rate).numpy().astype(self.cache_dtype)
-        tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with atomic_writer(cached, "wb") as f:
             np.save(f, wave)
-        os.replace(tmp, cached)
         return wave
 
     def _crop(self, wave: np.ndarray, rng: np.random.Generator) -> torch.Tensor:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
+from .files import commit
 
 CACHE_ENV = "BYOLA_CACHE"
 ACCEPT_ENV = "BYOLA_ACCEPT_LICENSE"
@@ -226,7 +227,8 @@ def verify(path: Path, info: ModelInfo) -> str | None:
 
 def download(info: ModelInfo, dest: Path, progress: bool = True, timeout: float = 30.0) -> None:
     """Download ``info.url`` to ``dest`` through ``dest.part`` (resumed with an HTTP Range request when a partial
-    file is there), verify it, then rename it into place. A mismatching download is deleted."""
+    file is there), verify it, then commit it into place (:func:`byola.files.commit`: fsync, rename). A mismatching
+    download is deleted."""
     from tqdm.auto import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +272,7 @@ def download(info: ModelInfo, dest: Path, progress: bool = True, timeout: float 
         part.unlink()
         raise HubError(f"the download of {info.name} from {info.url} does not match its recorded checksum "
                        f"({problem}); deleted it", "rerun to retry; if it fails again, the source has changed")
-    os.replace(part, dest)
+    commit(part, dest)
 
 
 def _size(n: int) -> str:

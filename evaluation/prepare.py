@@ -26,6 +26,7 @@ import torchaudio
 from tqdm.auto import tqdm
 
 from byola.errors import UsageError
+from byola.files import atomic_write_with, atomic_writer
 
 SAMPLE_RATE = 16000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".au", ".aiff", ".aif", ".mp3")
@@ -60,9 +61,8 @@ def to_16k(src: Path, dst: Path) -> None:
     if sr != SAMPLE_RATE:
         mono = torchaudio.functional.resample(mono, sr, SAMPLE_RATE)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp.wav")
-    sf.write(tmp, mono.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
-    os.replace(tmp, dst)
+    atomic_write_with(dst, lambda tmp: sf.write(tmp, mono.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16",
+                                                format="WAV"))
 
 
 def _place(src: Path, out_dir: Path, copy_rel: str) -> str | None:
@@ -99,12 +99,10 @@ def _write(task: str, out_dir: Path, entries: list[tuple[Path, str, dict]], num_
         skipped_path.unlink()
     path = out_dir / f"{task}.csv"
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_writer(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
     return path
 
 

@@ -387,6 +387,7 @@ def test_engine_imports_nothing_modality_specific():
                 root = name.split(".")[0]
                 assert root not in forbidden, f"{path.name} imports {name}"
                 # byola modules the engine may use: its own, and modality-free helpers (compute precision, optional
-                # extras: TensorBoard logging)
-                assert not name.startswith("byola.") or name.split(".")[1] in ("engine", "precision", "extras"), \
+                # extras: TensorBoard logging, file mechanics: atomic writes)
+                assert not name.startswith("byola.") or name.split(".")[1] in ("engine", "precision", "extras",
+                                                                               "files"), \
                     f"{path.name}: {name}"

@@ -58,6 +58,10 @@ def test_nan_loss_raises_naming_the_step(tmp_path: Path) -> None:
 
 def test_checkpoints_are_atomic_and_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     exports = []
+    killed = [tmp_path / "checkpoints" / n for n in (".state-00000002.pt.x1y2.tmp", ".state-00000002.pt.tmp-7")]
+    killed[0].parent.mkdir()
+    for temp in killed:  # temporaries of a killed write (atomic_writer's name; an older version's)
+        temp.write_bytes(b"partial")
     _trainer(tmp_path, export=lambda step, final: exports.append((step, final))).fit()
     assert exports == [(2, False), (4, False), (6, True)]
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
@@ -94,7 +98,7 @@ def test_resume_checkpoint_is_the_one_check_for_an_existing_run(tmp_path: Path) 
     folder.mkdir(parents=True)
     for step in (2, 10, 4):
         (folder / f"state-{step:08d}.pt").write_bytes(b"")
-    (folder / ".state-00000012.pt.tmp-1").write_bytes(b"")  # an interrupted write is no checkpoint
+    (folder / ".state-00000012.pt.x1y2.tmp").write_bytes(b"")  # an interrupted write is no checkpoint
     newest = resume_checkpoint(tmp_path / "old", resume=True)
     assert newest == folder / "state-00000010.pt" and checkpoint_step(newest) == 10
     with pytest.raises(FileExistsError, match="resume"):

@@ -19,7 +19,7 @@ into rank 0's checkpoint.
 
 Files in ``run_dir`` (written by rank 0 only): ``log.csv`` (one row per optimizer step; with ``tensorboard=True`` the
 same values also go to ``tensorboard/`` as TensorBoard scalars, one tag per column), ``checkpoints/state-<step>.pt``
-(training state, ``torch.save`` via temporary file + ``os.replace``; the newest ``keep_checkpoints`` are kept). The
+(training state, ``torch.save`` through ``byola.files.atomic_writer``; the newest ``keep_checkpoints`` are kept). The
 model a user embeds with is written by the ``export(step, final)`` callback the modality side provides, called on
 rank 0 after each training-state checkpoint.
 """
@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from byola.engine.distributed import default_device, dist_info, process_group
 from byola.engine.sync_bn import convert_sync_batchnorm
 from byola.extras import optional_module
+from byola.files import atomic_writer
 from byola.precision import resolve_precision
 
 # The `tensorboard` extra: torch.utils.tensorboard imports the tensorboard package (optional TensorBoard logging).
@@ -70,20 +71,12 @@ def require_tensorboard() -> type:
 
 # ------------------------------------------------------------------------------------------------------- file helpers
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: readers see the old file or
-    the complete new one, never a partial file, even if the process is killed mid-write."""
+    """``torch.save`` through :func:`byola.files.atomic_writer` (the folder is made if needed): readers see the old
+    file or the complete new one, never a partial file, even if the process is killed mid-write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_writer(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -457,12 +450,10 @@ class Trainer:
             if rows:
                 self._log_columns = list(rows[0].keys())
                 kept = [r for r in rows if int(r["step"]) <= self.step]
-                tmp = self._log_path.with_name(f".{self._log_path.name}.tmp-{os.getpid()}")
-                with open(tmp, "w", newline="") as f:
+                with atomic_writer(self._log_path, "w", newline="") as f:
                     writer = csv.DictWriter(f, self._log_columns)
                     writer.writeheader()
                     writer.writerows(kept)
-                os.replace(tmp, self._log_path)
         elif self._log_path.exists():
             self._log_path.unlink()
         if self._summary_writer is not None and not resumed:  # a fresh run's curves only, as in log.csv
@@ -529,7 +520,7 @@ class Trainer:
             self._load(ckpt)
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in (self.run_dir / "checkpoints").glob(".*.tmp-*"):
+            for stale in (self.run_dir / "checkpoints").glob(".*.tmp*"):  # atomic_writer's (and older) temporaries
                 stale.unlink()
             self._open_log(resumed=ckpt is not None)
 
