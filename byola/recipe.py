@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import importlib.resources
 import inspect
 import os
@@ -19,18 +20,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 import yaml
 from torch import nn
 
-from byola.engine.methods import MethodSpec, build_method, get_method, method_spec_overrides
+from byola.engine.methods import METHOD_KEYS, MethodSpec, build_method, get_method, method_spec_overrides
 from byola.engine.optim import LARS
 from byola.engine.trainer import AMP_MODES, LR_SCHEDULES, Trainer, require_tensorboard
 from byola.errors import UsageError
 from byola.modalities import MODALITIES, Modality
-from byola.models import build_encoder
+from byola.models import ENCODERS, build_encoder
 from byola.runtime import check_device
 
 __all__ = ["RecipeError", "Recipe", "TrainSection", "NamedSection", "RECIPES_DIR", "OPTIMIZERS", "RESUMABLE",
@@ -55,6 +56,24 @@ class _UnknownKey(RecipeError, KeyError):
     """An override or recipe key that names nothing (a KeyError too, for callers that catch lookups)."""
 
     __str__ = ValueError.__str__
+
+
+def _unknown_key(key: str, known: Iterable[str], section: str = "", note: str = "") -> _UnknownKey:
+    """The error for ``section.key`` when ``section`` holds only ``known``: one line naming the closest known keys
+    (``difflib``), then all of them and ``note``."""
+    known = list(known)
+    prefix = f"{section}." if section else ""
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f" (did you mean {' or '.join(prefix + c for c in close)}?)" if close else ""
+    return _UnknownKey(f"unknown key {prefix}{key}{hint}", f"known keys: {', '.join(known)}{note}")
+
+
+def _keywords(target: Callable[..., Any] | None, *skip: str) -> list[str] | None:
+    """The keyword arguments ``target`` names, except ``skip``; None for no target or one taking any (``**``)."""
+    params = inspect.signature(target).parameters.values() if target is not None else ()
+    if not params or any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip]
 
 
 # ------------------------------------------------------------------------------------------------------ sections
@@ -212,7 +231,7 @@ def parse_section(cls: type, data: Any, path: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise _UnknownKey(f"unknown key {path}.{unknown[0]} (known: {', '.join(fields)})")
+        raise _unknown_key(unknown[0], fields, path)
     hints = typing.get_type_hints(cls)
     values = {}
     for name, f in fields.items():
@@ -276,7 +295,7 @@ class Recipe:
         known = ("modality", "seed", *modality.sections, "model", "method", "optim", "train")
         unknown = [k for k in cfg if k not in known]
         if unknown:
-            raise _UnknownKey(f"unknown section {unknown[0]!r} for modality {name} (known: {', '.join(known)})")
+            raise _unknown_key(unknown[0], known)
         for section in ("model", "method", "train"):
             if section not in cfg:
                 raise RecipeError(f"the recipe has no {section!r} section")
@@ -318,10 +337,25 @@ class Recipe:
     def optimizer(self, params: Any) -> torch.optim.Optimizer:
         return OPTIMIZERS[self.optim.name](params, **self.optim.params)
 
+    def open_keys(self) -> dict[str, list[str] | None]:
+        """The keys ``model``, ``method`` and ``optim`` may hold besides ``name``: the keyword arguments of the encoder
+        class and :func:`build_encoder`, of :func:`build_method` and of the optimizer class (None: not known, an
+        unknown name or a target taking ``**kwargs``)."""
+        encoder = _keywords(ENCODERS.get(self.model.name))
+        build_options = [p for p in inspect.signature(build_encoder).parameters if p not in ("name", "params")]
+        return {"model": None if encoder is None else encoder + build_options,
+                "method": sorted(METHOD_KEYS),
+                "optim": _keywords(OPTIMIZERS.get(self.optim.name), "params")}
+
     def check(self) -> None:
-        """Cross-section checks, before any data or model work: the modality's own (e.g. ``model.n_mels`` vs
-        ``frontend.n_mels``), the method and encoder built on the meta device (nothing allocated), the optimizer
-        built on one parameter. Raises :class:`RecipeError`."""
+        """Cross-section checks, before any data or model work: the keys of ``model``, ``method`` and ``optim``
+        (:meth:`open_keys`), the modality's own (e.g. ``model.n_mels`` vs ``frontend.n_mels``), the method and encoder
+        built on the meta device (nothing allocated), the optimizer built on one parameter. Raises
+        :class:`RecipeError`."""
+        for section, known in self.open_keys().items():
+            unknown = sorted(set(getattr(self, section).params) - set(known)) if known is not None else []
+            if unknown:
+                raise _unknown_key(unknown[0], known, section)
         try:
             self.modality_entry.check(self.inputs, self.model.params)
         except ValueError as err:
@@ -414,8 +448,8 @@ def _key_path(cfg: dict[str, Any], key: str) -> tuple[str, ...]:
             if not isinstance(node, dict):
                 raise _UnknownKey(f"override {key!r}: {'.'.join(path[:i])} is not a section")
             if part not in node and not (i == len(path) - 1 and i == 1 and path[0] in OPEN_SECTIONS):
-                raise _UnknownKey(f"override {key!r}: no {'.'.join(path[:i + 1])!r} in the recipe (new keys are "
-                                  f"allowed only directly under {', '.join(OPEN_SECTIONS)})")
+                raise _unknown_key(part, node, ".".join(path[:i]), f" (an override adds new keys only directly "
+                                                                   f"under {', '.join(OPEN_SECTIONS)})")
             node = node.get(part, {})
         return path
     if key in cfg:
@@ -424,7 +458,11 @@ def _key_path(cfg: dict[str, Any], key: str) -> tuple[str, ...]:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise _UnknownKey(f"override {key!r} matches no recipe value; use a dotted key such as 'optim.lr'")
+        leaves = _leaves(cfg)
+        names = difflib.get_close_matches(key, sorted({p[-1] for p in leaves}), n=3)
+        close = [".".join(p) for name in names for p in leaves if p[-1] == name]
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise _UnknownKey(f"override {key!r} matches no recipe value{hint}", "use a dotted key such as 'optim.lr'")
     raise _UnknownKey(f"override {key!r} is ambiguous: {', '.join('.'.join(m) for m in matches)}")
 
 

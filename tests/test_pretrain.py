@@ -171,6 +171,15 @@ def test_pretrain_v1_resume_after_interruption_matches(corpus: Path, tmp_path: P
     ({"augment.version": "v3"}, r"augment\.version must be one of 'v1', 'v2'"),
     ({"model.n_mels": 128}, r"model\.n_mels 128 differs from frontend\.n_mels 64"),
     ({"method.name": "byol_bnfree", "model.backbone_norm": "ln"}, r"model\.backbone_norm is set by the method"),
+    # A misspelt key names the closest valid ones (open sections: from the signature of what they configure).
+    ({"optim.lrr": 0.1}, r"^unknown key optim\.lrr \(did you mean optim\.lr\?\): known keys: lr, betas, eps, "),
+    ({"optim.name": "sgd", "optim.momentun": 0.9}, r"^unknown key optim\.momentun \(did you mean optim\.momentum\?\)"),
+    ({"model.conv_chanels": 32}, r"^unknown key model\.conv_chanels \(did you mean model\.conv_channels\?\)"),
+    ({"method.tau_bas": 0.9}, r"^unknown key method\.tau_bas \(did you mean method\.tau_base\?\)"),
+    ({"train.batch_sizee": 8}, r"^unknown key train\.batch_sizee \(did you mean train\.batch_size\?\)"),
+    ({"frontend.n_mel": 32}, r"^unknown key frontend\.n_mel \(did you mean frontend\.n_mels\?\)"),
+    ({"trian.steps": 3}, r"^unknown key trian \(did you mean train\?\)"),
+    ({"lrr": 0.1}, r"^override 'lrr' matches no recipe value \(did you mean optim\.lr\?\)"),
 ])
 def test_recipe_errors_come_before_any_data_work(tmp_path: Path, override: dict, named: str) -> None:
     """Issue 10 point 11: every recipe error, model/recipe mismatches included, is one ValueError naming the key,
@@ -241,7 +250,10 @@ def test_recipe_inheritance_and_complete_resolution(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="inherits from itself"):
         load(tmp_path / "loop.yaml")
     child.write_text("base: byola_v1\ntrain:\n  batch_szie: 8\n")
-    with pytest.raises(RecipeError, match=r"unknown key train\.batch_szie"):
+    with pytest.raises(RecipeError, match=r"unknown key train\.batch_szie \(did you mean train\.batch_size\?\)"):
+        load(child)
+    child.write_text("base: byola_v1\noptim:\n  weight_decy: 0.1\n")
+    with pytest.raises(RecipeError, match=r"unknown key optim\.weight_decy \(did you mean optim\.weight_decay or "):
         load(child)
 
 

@@ -154,6 +154,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
 
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(MethodSpec)} - {"name", "description", "reference", "defaults"}
 _BYOL_ARGS = set(inspect.signature(BYOL.__init__).parameters) - {"self", "encoder", "embed_dim"}
+METHOD_KEYS = frozenset(_SPEC_FIELDS | _BYOL_ARGS)  # what a method configuration may set (build_method's overrides)
 
 
 def get_method(name: str, **overrides: Any) -> MethodSpec:
@@ -191,7 +192,7 @@ def build_method(name: str, encoder: nn.Module, embed_dim: int, **overrides: Any
     given, never modified: when the spec sets ``backbone_norm`` or ``weight_standardization``, build it with
     ``build_encoder(name, **spec.backbone_options())``; an encoder that does not match raises ``ValueError``.
     """
-    unknown = set(overrides) - _SPEC_FIELDS - _BYOL_ARGS
+    unknown = set(overrides) - METHOD_KEYS
     if unknown:
         raise ValueError(f"unknown overrides for {name!r}: {sorted(unknown)}")
     spec = get_method(name, **method_spec_overrides(overrides))
