@@ -37,7 +37,7 @@ from byola.augment.audio import AudioViews
 from byola.data import RandomCropDataset, scan_corpus
 from byola.engine.methods import build_method
 from byola.engine.trainer import Trainer
-from byola.frontend import LogMelSpectrogram
+from byola.frontend import DEFAULT_BACKEND, LogMelSpectrogram
 from byola.models import build_encoder
 from byola.norm import PreNormalization
 from byola.modalities.audio import AudioBatchViews
@@ -159,8 +159,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=None,
                     help="eager channels_last compile channels_last+compile bf16 (default: all but bf16 on CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--frontend", default="torchaudio", help="log-mel backend of the augmentation step (the recipes' "
-                    "default; nnaudio is also timed)")
+    ap.add_argument("--frontend", default=DEFAULT_BACKEND,
+                    help="log-mel backend of the augmentation step (the recipes' default; nnaudio is also timed)")
     args = ap.parse_args()
     device = torch.device(args.device)
     # torch.compile measured no gain on a 2-core CPU (and takes minutes there): on CPU, ask for it with --variants.

@@ -31,7 +31,7 @@ from byola.audio import load_audio
 from byola.augment.audio import AudioViews
 from byola.data import RandomCropDataset
 from byola.engine.methods import build_method
-from byola.frontend import LogMelSpectrogram
+from byola.frontend import DEFAULT_BACKEND, LogMelSpectrogram
 from byola.models import build_encoder
 from byola.norm import PreNormalization
 from byola.pretrain import AudioBatchViews
@@ -87,7 +87,7 @@ def main() -> None:
         print(f"2. 0.95 s crop from the decoded cache (memory map): {ms:.3f} ms/sample")
 
     waves = torch.randn(args.batch, 15200) * 0.1
-    views = AudioBatchViews(LogMelSpectrogram(backend="torchaudio"), PreNormalization(-8.0, 4.0),
+    views = AudioBatchViews(LogMelSpectrogram(backend=DEFAULT_BACKEND), PreNormalization(-8.0, 4.0),
                             AudioViews.byola("v2", generator=torch.Generator().manual_seed(0)))
     with torch.no_grad():
         made, _ = views(waves)

@@ -35,7 +35,7 @@ from torch import nn
 from byola import __version__
 from byola.errors import UsageError
 from byola.files import atomic_write_with, file_sha256
-from byola.frontend import LogMelSpectrogram
+from byola.frontend import MODULE_DEFAULT_BACKEND, LogMelSpectrogram
 from byola.models import ENCODERS, build_encoder
 
 FORMAT_VERSION = 2
@@ -54,7 +54,7 @@ class CheckpointError(UsageError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def default_frontend_config(n_mels: int = 64, backend: str = "nnaudio") -> dict:
+def default_frontend_config(n_mels: int = 64, backend: str = MODULE_DEFAULT_BACKEND) -> dict:
     """BYOL-A's log-mel settings (`LogMelSpectrogram`'s defaults) in the form ``LogMelSpectrogram(**cfg)`` takes."""
     return LogMelSpectrogram(n_mels=n_mels, backend=backend).config()
 

@@ -110,7 +110,7 @@ class Commands:
     def embed(self, *inputs: str, model: str | None = None, checkpoint: str | None = None,
               out: str = "byola_embeddings", frames: bool = False, frame_hop_ms: float | None = None,
               device: str = "cpu", batch_size: int = 64,
-              num_workers: int | None = None, norm_stats: str | None = None, frontend_backend: str = "torchaudio",
+              num_workers: int | None = None, norm_stats: str | None = None, frontend_backend: str | None = None,
               compile: bool = False, precision: str = "fp32", progress: bool = True,
               accept_license: bool = False, format: str = "npy", shard: str | None = None,
               merge: str | None = None) -> None:
@@ -138,8 +138,9 @@ class Commands:
             norm_stats: MEAN,STD pre-normalization statistics; for checkpoints that carry none (official
                 weights), they are otherwise computed exactly from the inputs in a first pass (not in a sharded
                 job, which needs them given).
-            frontend_backend: log-mel backend: torchaudio (default; the same log-mel as the others, the fastest on
-                CPU), nnaudio, librosa, or "checkpoint" for the one the model was trained with.
+            frontend_backend: log-mel backend: torchaudio (default: byola.frontend.DEFAULT_BACKEND, the same log-mel
+                as the others, the fastest on CPU), nnaudio, librosa, or "checkpoint" for the one the model was
+                trained with.
             compile: torch.compile the encoder (worth it for long jobs of equal-length clips).
             precision: fp32 (exact, default), bf16 (encoder under bf16 autocast; slower on CPUs without native
                 bf16, with a warning) or auto (bf16 only on a CUDA GPU or CPU with native bf16).
@@ -190,13 +191,15 @@ class Commands:
             except RuntimeError as err:  # more ranks on this node than GPUs
                 raise UsageError(str(err).split(";")[0], "start at most one rank per GPU, or --device cpu") from None
         from .embed import load
+        from .frontend import DEFAULT_BACKEND
 
         files = _input_files(inputs)
         if not files:
             raise UsageError(f"no audio files found in {', '.join(map(str, inputs))}",
                              "give audio files or folders holding .wav .flac .ogg .mp3 .aiff .aif .opus files")
         embedder = load(ref, device=device, norm_stats=stats,
-                        frontend_backend=None if frontend_backend == "checkpoint" else frontend_backend,
+                        frontend_backend={None: DEFAULT_BACKEND, "checkpoint": None}.get(frontend_backend,
+                                                                                         frontend_backend),
                         compile=compile, accept_license=accept_license, precision=precision)
         check_frame_hop(embedder, frames, frame_hop_ms)
         job = dict(batch_size=batch_size, frames=frames, num_workers=num_workers, format=format,
@@ -400,11 +403,11 @@ class Commands:
             raise UsageError("--norm_stats and --norm_stats_from both given", "give one of them")
         stats = _parse_stats(norm_stats)
         if norm_stats_from is not None:
-            from .frontend import LogMelSpectrogram
+            from .frontend import DEFAULT_BACKEND, LogMelSpectrogram
             from .norm import compute_norm_stats
 
             _, arch = load_official_state_dict(src)  # the log-mel the converted model will be used with
-            frontend = LogMelSpectrogram(**default_frontend_config(arch["params"]["n_mels"], "torchaudio"))
+            frontend = LogMelSpectrogram(**default_frontend_config(arch["params"]["n_mels"], DEFAULT_BACKEND))
             computed = compute_norm_stats(_input_files([norm_stats_from]), frontend, skip_errors=True)
             stats = {"mean": computed.mean, "std": computed.std}
             print(f"normalization statistics of {norm_stats_from}: mean={stats['mean']:.6f} "

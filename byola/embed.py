@@ -26,7 +26,7 @@ from .checkpoint import load_any
 from .decoded import DecodedWaves
 from .errors import UsageError
 from .files import file_sha256
-from .frontend import LogMelSpectrogram
+from .frontend import DEFAULT_BACKEND, LogMelSpectrogram
 from .models import build_encoder, optimize_for_inference
 from .norm import NormStats, PreNormalization, compute_norm_stats
 from .precision import autocast, precision_name, resolve_precision
@@ -256,7 +256,7 @@ def pool_frames(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
 
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
          norm_stats: NormStats | tuple[float, float] | None = None, optimize: bool = True,
-         frontend_backend: str | None = "torchaudio", random_init: int | None = None,
+         frontend_backend: str | None = DEFAULT_BACKEND, random_init: int | None = None,
          compile: bool = False, accept_license: bool = False, precision: str = "fp32") -> Embedder:
     """Load a model as an `Embedder`: a model name from `byola.hub` (default: the model shipped in `pretrained/`;
     official weights are downloaded once, which needs `accept_license=True` the first time), a byola
@@ -264,9 +264,9 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
 
     `norm_stats` overrides the checkpoint's statistics; a checkpoint without statistics (a converted official file)
     needs them here or from `Embedder.fit_norm_stats`. `frontend_backend` picks the log-mel backend; None keeps the
-    one the checkpoint was trained with. The default, torchaudio, computes the same log-mel as nnAudio and librosa
-    with an FFT, faster than nnAudio's convolution STFT on a CPU (tolerance and speed: README, "Embedding audio"),
-    and runs on any device, unlike librosa.
+    one the checkpoint was trained with. The default (`byola.frontend.DEFAULT_BACKEND`, torchaudio) computes the same
+    log-mel as nnAudio and librosa with an FFT, faster than nnAudio's convolution STFT on a CPU (tolerance and speed:
+    README, "Embedding audio"), and runs on any device, unlike librosa.
     `random_init=SEED` replaces the weights with a random initialization of the same architecture (seeded): the
     baseline a trained model must beat.
     `precision`: "fp32" (default, exact), "bf16" (encoder under bf16 autocast) or "auto" (bf16 only where `device`

@@ -3,10 +3,12 @@
 All backends compute the same thing: a Hann-windowed STFT (``center=True``, reflect padding), the power spectrum,
 Slaney-style mel filters (librosa's default: Slaney mel scale, area-normalized triangles) and ``log(mel + eps)``.
 
-- ``"nnaudio"`` (default; BYOL-A v2 used it): nnAudio's conv1d STFT, kernels held as buffers, runs on any device.
-- ``"torchaudio"``: torchaudio's Slaney filterbank (``melscale_fbanks(norm="slaney", mel_scale="slaney")``; its
-  default HTK filters without area normalization would differ from librosa's by several nats) applied to a
-  ``torch.fft`` power spectrum (`_BandedMelSpectrogram`), runs on any device.
+- ``"nnaudio"`` (the class's default; BYOL-A v2 used it): nnAudio's conv1d STFT, kernels held as buffers, runs on any
+  device.
+- ``"torchaudio"`` (:data:`DEFAULT_BACKEND`: byola's everywhere else): torchaudio's Slaney filterbank
+  (``melscale_fbanks(norm="slaney", mel_scale="slaney")``; its default HTK filters without area normalization would
+  differ from librosa's by several nats) applied to a ``torch.fft`` power spectrum (`_BandedMelSpectrogram`), runs
+  on any device.
 - ``"librosa"``: the reference (BYOL-A v1's front end), ``librosa.feature.melspectrogram`` on CPU numpy arrays. It
   is slow, copies the input to the CPU and back, and is not differentiable: use it to check the others.
 """
@@ -25,6 +27,12 @@ from byola.extras import optional_module
 librosa = optional_module("librosa", "librosa")  # the `librosa` extra: the librosa backend only
 
 BACKENDS = ("nnaudio", "torchaudio", "librosa")
+# The log-mel byola computes unless told otherwise (`byola embed`, `byola.load`, `byola convert`'s statistics; the audio
+# recipes name it): the same log-mel as the others, the fastest on a CPU (README, "Embedding audio").
+DEFAULT_BACKEND = "torchaudio"
+# LogMelSpectrogram's own default differs: it stays BYOL-A v2's (nnAudio, the official code's) so that
+# `LogMelSpectrogram()`, `default_frontend_config()` and a recipe without `frontend.backend` compute what they did.
+MODULE_DEFAULT_BACKEND = "nnaudio"
 EPS = float(torch.finfo(torch.float32).eps)
 
 
@@ -48,7 +56,7 @@ class LogMelSpectrogram(nn.Module):
         f_max: float = 7800.0,
         power: float = 2.0,
         eps: float = EPS,
-        backend: str = "nnaudio",
+        backend: str = MODULE_DEFAULT_BACKEND,
     ):
         super().__init__()
         if backend not in BACKENDS:

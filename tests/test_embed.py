@@ -14,7 +14,8 @@ import torch
 import byola
 from byola import embed as embed_mod
 from byola.checkpoint import save_checkpoint
-from byola.frontend import LogMelSpectrogram
+from byola.embed_job import read_embeddings
+from byola.frontend import DEFAULT_BACKEND, LogMelSpectrogram
 from byola.models import build_encoder
 from byola.norm import NormStats
 
@@ -233,6 +234,8 @@ def test_cli_embed_exit_codes(ckpt, corpus, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert np.load(tmp_path / "good" / "embeddings.npy").shape == (2, 64)
+    # Without --frontend_backend: byola's default log-mel, not the checkpoint's (nnaudio here).
+    assert read_embeddings(tmp_path / "good").settings["frontend"]["backend"] == DEFAULT_BACKEND != "nnaudio"
     cmd[4:5] = [str(corpus["bad_text"])]
     cmd[cmd.index(str(tmp_path / "good"))] = str(tmp_path / "bad")
     done = subprocess.run(cmd, capture_output=True, text=True)
