@@ -34,7 +34,7 @@ from byola.engine.methods import build_method
 from byola.frontend import DEFAULT_BACKEND, LogMelSpectrogram
 from byola.models import build_encoder
 from byola.norm import PreNormalization
-from byola.pretrain import AudioBatchViews
+from byola.modalities.audio import AudioBatchViews
 
 
 def _median_ms(fn, repeats: int) -> float:
