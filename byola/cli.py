@@ -86,7 +86,7 @@ def _embed_one_process(embedder, files: list, out: str, progress: bool, job: dic
     """`byola embed` in one process: normalization statistics from the checkpoint, else those recorded in OUT,
     else computed from the inputs (the waveforms that pass decodes are kept for the embedding pass)."""
     from .decoded import DecodedWaves
-    from .embed_job import recorded_norm_stats
+    from .embed_job import default_num_workers, recorded_norm_stats
     from .norm import NormStats
 
     with DecodedWaves() as decoded:
@@ -99,7 +99,10 @@ def _embed_one_process(embedder, files: list, out: str, progress: bool, job: dic
             else:
                 print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs "
                       f"(recorded in {out} and reused when resuming)", file=sys.stderr)
-                stats = embedder.fit_norm_stats(files, keep=decoded, progress=progress)
+                workers = job["num_workers"]  # the statistics pass uses the embedding pass's worker processes
+                if workers is None:
+                    workers = default_num_workers(len(files), job["batch_size"], embedder.device.type == "cpu")
+                stats = embedder.fit_norm_stats(files, keep=decoded, progress=progress, num_workers=workers)
                 print(f"normalization statistics: mean={stats.mean:.6f} std={stats.std:.6f}", file=sys.stderr)
         return embedder.embed_files(files, out, progress=progress, decoded=decoded, **job)
 

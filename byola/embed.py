@@ -184,16 +184,18 @@ class Embedder(nn.Module):
         return embed_files(self, paths, out, **kwargs)
 
     def fit_norm_stats(self, paths: Sequence[str | os.PathLike], keep: DecodedWaves | None = None,
-                       progress: bool = True) -> NormStats:
+                       progress: bool = True, num_workers: int = 0) -> NormStats:
         """Compute exact pre-normalization statistics from `paths` (skipping unreadable files) and use them.
 
         `keep` receives the decoded waveforms; pass it to `embed_files(..., decoded=keep)` to decode each file once.
+        `num_workers` > 0 decodes in that many one-thread processes (`compute_norm_stats`; same statistics).
         The pass returns freed memory to the OS (`byola.runtime.freed_memory_returned`), so the kept waveforms do
         not pin a heap grown by each batch's temporaries.
         """
         with freed_memory_returned():
             stats = compute_norm_stats(paths, self.frontend, sample_rate=self.sample_rate, skip_errors=True,
-                                       on_decoded=keep.put if keep is not None else None, progress=progress)
+                                       on_decoded=keep.put if keep is not None else None, progress=progress,
+                                       num_workers=num_workers)
         self.set_norm_stats(stats, source=f"computed from {len(paths)} inputs")
         return stats
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from byola.audio import AudioError, crop_or_pad, load_audio, load_audio_if_shorter, stream_audio
@@ -66,11 +67,16 @@ class _Moments:
 
     def add_rows(self, values: torch.Tensor) -> None:
         """Merge each row of ``values`` ``[N, ...]`` (one clip or chunk per row) in order."""
-        rows = values.double().flatten(1)
-        means = rows.mean(dim=1)
-        m2s = (rows - means[:, None]).square().sum(dim=1)
-        for mean, m2 in zip(means.tolist(), m2s.tolist()):
-            self.add(rows.shape[1], mean, m2)
+        for clip in _row_moments(values):
+            self.add(*clip)
+
+
+def _row_moments(values: torch.Tensor) -> list[tuple[int, float, float]]:
+    """Float64 ``(count, mean, m2)`` of each row of ``values`` ``[N, ...]``."""
+    rows = values.double().flatten(1)
+    means = rows.mean(dim=1)
+    m2s = (rows - means[:, None]).square().sum(dim=1)
+    return [(rows.shape[1], mean, m2) for mean, m2 in zip(means.tolist(), m2s.tolist())]
 
 
 def _crop_start(slack: int, crop: str, rng_seed: tuple[int, int]) -> int:
@@ -88,6 +94,78 @@ def _as_wave(item: Any, sample_rate: int) -> torch.Tensor:
     return wave.float()
 
 
+def _clip_moments(indexed_items: Iterable[tuple[int, Any]], frontend: LogMelSpectrogram, sample_rate: int,
+                  unit: int | None, crop: str, seed: int, batch_size: int, max_load_sec: float,
+                  keep_waves: bool) -> Iterator[tuple[Any, tuple[int, float, float] | AudioError, Any]]:
+    """``(item, moments, wave)`` per ``(index, item)``: the clip's float64 ``(count, mean, m2)`` (in input order
+    among clips) or the :class:`AudioError` that keeps it out (yielded at once), and, with ``keep_waves``, the
+    waveform of a file decoded whole (else None). Consecutive clips of equal length share a front-end call."""
+    device = next(iter(frontend.buffers()), torch.empty(0)).device
+    pending: list[tuple[Any, torch.Tensor, Any]] = []
+
+    def flush() -> Iterator[tuple[Any, tuple[int, float, float], Any]]:
+        with torch.inference_mode():
+            clips = _row_moments(frontend(torch.stack([wave for _, wave, _ in pending]).to(device)))
+        for (item, _, kept), clip in zip(pending, clips):
+            yield item, clip, kept
+        pending.clear()
+
+    for index, item in indexed_items:
+        kept = None
+        try:
+            if unit is None and isinstance(item, (str, os.PathLike)):
+                wave = load_audio_if_shorter(item, max_load_sec, sample_rate)  # one open decides and decodes
+                if wave is None:  # long: streamed in bounded memory, its chunks merged into one clip
+                    clip = _Moments()
+                    with torch.inference_mode():
+                        blocks = stream_audio(item, sample_rate, block_seconds=max_load_sec)
+                        for chunk in frontend.stream(block.to(device) for block in blocks):
+                            clip.add_rows(chunk[None])
+                    if pending:
+                        yield from flush()
+                    yield item, (clip.n, clip.mean, clip.m2), None
+                    continue
+                kept = wave if keep_waves else None
+            else:
+                wave = _as_wave(item, sample_rate)
+        except AudioError as e:
+            yield item, e, None
+            continue
+        if unit is not None:
+            # BYOL-A pads short clips with zeros at the end
+            start = _crop_start(wave.numel() - unit, crop, (seed, index)) if wave.numel() >= unit else 0
+            wave = crop_or_pad(wave, unit, start)
+        if pending and (wave.numel() != pending[0][1].numel() or len(pending) == batch_size):
+            yield from flush()
+        pending.append((item, wave, kept))
+    if pending:
+        yield from flush()
+
+
+class _FileChunks(Dataset):
+    """Chunk k of a list of files -> its `_clip_moments` records, waveforms as numpy arrays (pickled back from a
+    worker process: thousands of shared-memory tensors would each hold a file descriptor there)."""
+
+    CHUNK = 32
+
+    def __init__(self, paths: Sequence[Any], keep_waves: bool, **clip_moments_kwargs: Any) -> None:
+        self.paths, self.keep_waves, self.kwargs = paths, keep_waves, clip_moments_kwargs
+
+    def __len__(self) -> int:
+        return -(-len(self.paths) // self.CHUNK)
+
+    def __getitem__(self, k: int) -> list[tuple[Any, Any, Any]]:
+        first = k * self.CHUNK
+        items = zip(range(first, first + self.CHUNK), self.paths[first:first + self.CHUNK])
+        return [(item, moments, None if wave is None else wave.numpy())
+                for item, moments, wave in _clip_moments(items, keep_waves=self.keep_waves, **self.kwargs)]
+
+
+def _chunk_records(chunk: list) -> list:
+    """DataLoader collate function: a chunk is already a list of records."""
+    return chunk
+
+
 def compute_norm_stats(
     waves_or_paths: Iterable[Any],
     frontend: LogMelSpectrogram,
@@ -100,6 +178,7 @@ def compute_norm_stats(
     progress: bool = True,
     max_load_sec: float = 60.0,
     on_decoded: Callable[[Any, torch.Tensor], None] | None = None,
+    num_workers: int = 0,
 ) -> NormStats:
     """Exact mean/std of ``frontend``'s log-mel values over all clips, streaming one batch at a time.
 
@@ -111,6 +190,11 @@ def compute_norm_stats(
     (:func:`byola.audio.stream_audio` and :meth:`LogMelSpectrogram.stream`), so memory does not grow with a file's
     length. Moments are accumulated in float64 per clip (or chunk) and merged in order (Chan et al.), so the result
     does not depend on batching beyond the front end's own float32 rounding.
+
+    ``num_workers`` > 0 decodes and computes log-mels in that many worker processes of one torch thread each, in
+    chunks of files merged in input order (for a list of file paths without ``unit_sec`` and a front end on the CPU;
+    otherwise ignored): one thread per process keeps the pass fast when other jobs share the cores, where a
+    multi-threaded process waits for its descheduled threads at every operation.
 
     A bad file raises :class:`AudioError`; with ``skip_errors=True`` bad files are left out and reported in one
     warning at the end. ``on_decoded(path, wave)`` is called with each file decoded whole (e.g.
@@ -124,54 +208,31 @@ def compute_norm_stats(
         raise ValueError(f"unit_sec must be positive, got {unit_sec}")
     if batch_size < 1 or max_load_sec <= 0:
         raise ValueError(f"need batch_size >= 1 and max_load_sec > 0, got {batch_size}, {max_load_sec}")
-    device = next(iter(frontend.buffers()), torch.empty(0)).device
     unit = None if unit_sec is None else round(unit_sec * sample_rate)
-    moments, errors = _Moments(), []
-
-    def flush(batch: list[torch.Tensor]) -> None:
-        with torch.inference_mode():
-            moments.add_rows(frontend(torch.stack(batch).to(device)))
-        batch.clear()
-
-    def streamed(path: str | os.PathLike) -> _Moments:
-        clip = _Moments()
-        with torch.inference_mode():
-            blocks = stream_audio(path, sample_rate, block_seconds=max_load_sec)
-            for chunk in frontend.stream(block.to(device) for block in blocks):
-                clip.add_rows(chunk[None])
-        return clip
-
+    kwargs = dict(frontend=frontend, sample_rate=sample_rate, unit=unit, crop=crop, seed=seed, batch_size=batch_size,
+                  max_load_sec=max_load_sec)
+    keep_waves = on_decoded is not None
     total = len(waves_or_paths) if hasattr(waves_or_paths, "__len__") else None
-    bar = tqdm(waves_or_paths, total=total, desc="norm stats", unit="clip", disable=not progress)
-    batch: list[torch.Tensor] = []
-    for index, item in enumerate(bar):
-        try:
-            if unit is None and isinstance(item, (str, os.PathLike)):
-                wave = load_audio_if_shorter(item, max_load_sec, sample_rate)  # one open decides and decodes
-                if wave is not None and on_decoded is not None:
-                    on_decoded(item, wave)
-                if wave is None:
-                    clip = streamed(item)  # before flushing: a bad file must leave no trace
-                    if batch:
-                        flush(batch)
-                    moments.add(clip.n, clip.mean, clip.m2)
-                    continue
-            else:
-                wave = _as_wave(item, sample_rate)
-        except AudioError as e:
+    on_cpu = next(iter(frontend.buffers()), torch.empty(0)).device.type == "cpu"
+    if num_workers > 0 and unit is None and on_cpu and isinstance(waves_or_paths, Sequence) and \
+            all(isinstance(item, (str, os.PathLike)) for item in waves_or_paths):
+        chunks = _FileChunks(waves_or_paths, keep_waves, **kwargs)
+        loader = DataLoader(chunks, batch_size=None, num_workers=min(num_workers, len(chunks)),
+                            collate_fn=_chunk_records)
+        records = ((item, moments, None if wave is None else torch.from_numpy(wave))
+                   for chunk in loader for item, moments, wave in chunk)
+    else:
+        records = _clip_moments(enumerate(waves_or_paths), keep_waves=keep_waves, **kwargs)
+    moments, errors = _Moments(), []
+    for item, clip, wave in tqdm(records, total=total, desc="norm stats", unit="clip", disable=not progress):
+        if isinstance(clip, AudioError):
             if not skip_errors:
-                raise
-            errors.append(e)
+                raise clip
+            errors.append(clip)
             continue
-        if unit is not None:
-            # BYOL-A pads short clips with zeros at the end
-            start = _crop_start(wave.numel() - unit, crop, (seed, index)) if wave.numel() >= unit else 0
-            wave = crop_or_pad(wave, unit, start)
-        if batch and (wave.numel() != batch[0].numel() or len(batch) == batch_size):
-            flush(batch)
-        batch.append(wave)
-    if batch:
-        flush(batch)
+        moments.add(*clip)
+        if wave is not None:
+            on_decoded(item, wave)
 
     if errors:
         shown = "; ".join(str(e) for e in errors[:5]) + ("; ..." if len(errors) > 5 else "")
