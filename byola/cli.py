@@ -99,7 +99,7 @@ def _embed_one_process(embedder, files: list, out: str, progress: bool, job: dic
             else:
                 print(f"checkpoint has no normalization statistics: computing them from the {len(files)} inputs "
                       f"(recorded in {out} and reused when resuming)", file=sys.stderr)
-                workers = job["num_workers"]  # the statistics pass uses the embedding pass's worker processes
+                workers = job["num_workers"]  # the statistics pass: as many worker processes as the embedding pass
                 if workers is None:
                     workers = default_num_workers(len(files), job["batch_size"], embedder.device.type == "cpu")
                 stats = embedder.fit_norm_stats(files, keep=decoded, progress=progress, num_workers=workers)
