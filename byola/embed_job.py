@@ -38,6 +38,7 @@ from .errors import UsageError
 from .extras import optional_module
 from .files import (FolderBusy, FolderLock, atomic_write_text, atomic_write_with, atomic_writer, file_sha256, fsync_dir,
                     list_inputs)
+from .norm import WORKER_CHUNK_FILES, unbatched
 
 INDEX_COLUMNS = ["file", "row", "status", "error", "duration_s"]
 MANIFEST = "manifest.json"
@@ -45,7 +46,7 @@ MANIFEST_FORMAT = 1
 FORMATS = ("npy", "parquet")
 PARQUET_DIR = "parquet"
 _STATE_DIR = ".byola_embed"
-_CPU_WORKER_CHUNK = 32
+_CPU_WORKER_CHUNK = WORKER_CHUNK_FILES
 _SHOWN_FAILURES = 5
 DEFAULT_BATCH_SIZE = 64
 pa = optional_module("pyarrow", "parquet")
@@ -586,11 +587,6 @@ def default_num_workers(n_files: int, batch_size: int, on_cpu: bool) -> int:
     return min(len(os.sched_getaffinity(0)), n_chunks) if on_cpu else 2
 
 
-def _unbatched(item: list[_Item]) -> list[_Item]:
-    """DataLoader collate function: a chunk is already a list."""
-    return item
-
-
 def frames_name(file: str) -> str:
     """Where ``file``'s frame embeddings go inside OUTDIR: ``frames/`` + its absolute path + ``.npz``, so they can
     be found without index.csv."""
@@ -677,7 +673,7 @@ def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frame
                      decoded)
     # Out of order: the next chunk goes to whichever worker is free, so one slowed by a competing job does not
     # hold up the others (records are matched to files by name; `commit` writes them in the input order).
-    loader = torch.utils.data.DataLoader(chunks, batch_size=None, collate_fn=_unbatched, num_workers=num_workers,
+    loader = torch.utils.data.DataLoader(chunks, batch_size=None, collate_fn=unbatched, num_workers=num_workers,
                                          prefetch_factor=2 if num_workers else None, in_order=False)
     pending_records: list[dict] = []
     pending_emb: list[np.ndarray] = []

@@ -19,6 +19,8 @@ from byola.audio import AudioError, crop_or_pad, load_audio, load_audio_if_short
 from byola.frontend import LogMelSpectrogram
 
 CROPS = ("random", "start", "center")
+# Files per task of a CPU worker process, in the statistics pass and in `byola.embed_job`'s embedding pass.
+WORKER_CHUNK_FILES = 32
 
 
 @dataclass(frozen=True)
@@ -146,23 +148,21 @@ class _FileChunks(Dataset):
     """Chunk k of a list of files -> its `_clip_moments` records, waveforms as numpy arrays (pickled back from a
     worker process: thousands of shared-memory tensors would each hold a file descriptor there)."""
 
-    CHUNK = 32
-
     def __init__(self, paths: Sequence[Any], keep_waves: bool, **clip_moments_kwargs: Any) -> None:
         self.paths, self.keep_waves, self.kwargs = paths, keep_waves, clip_moments_kwargs
 
     def __len__(self) -> int:
-        return -(-len(self.paths) // self.CHUNK)
+        return -(-len(self.paths) // WORKER_CHUNK_FILES)
 
     def __getitem__(self, k: int) -> list[tuple[Any, Any, Any]]:
-        first = k * self.CHUNK
-        items = zip(range(first, first + self.CHUNK), self.paths[first:first + self.CHUNK])
+        first = k * WORKER_CHUNK_FILES
+        items = zip(range(first, first + WORKER_CHUNK_FILES), self.paths[first:first + WORKER_CHUNK_FILES])
         return [(item, moments, None if wave is None else wave.numpy())
                 for item, moments, wave in _clip_moments(items, keep_waves=self.keep_waves, **self.kwargs)]
 
 
-def _chunk_records(chunk: list) -> list:
-    """DataLoader collate function: a chunk is already a list of records."""
+def unbatched(chunk: list) -> list:
+    """DataLoader collate function for datasets whose items are already chunks (lists): keeps them as they are."""
     return chunk
 
 
@@ -218,7 +218,7 @@ def compute_norm_stats(
             all(isinstance(item, (str, os.PathLike)) for item in waves_or_paths):
         chunks = _FileChunks(waves_or_paths, keep_waves, **kwargs)
         loader = DataLoader(chunks, batch_size=None, num_workers=min(num_workers, len(chunks)),
-                            collate_fn=_chunk_records)
+                            collate_fn=unbatched)
         records = ((item, moments, None if wave is None else torch.from_numpy(wave))
                    for chunk in loader for item, moments, wave in chunk)
     else:
