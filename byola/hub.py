@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
-from .files import commit
+from .files import atomic_write_text, commit
 
 CACHE_ENV = "BYOLA_CACHE"
 ACCEPT_ENV = "BYOLA_ACCEPT_LICENSE"
@@ -199,7 +199,7 @@ def _require_licence(info: ModelInfo, accept_license: bool) -> None:
                        f"if you accept it, rerun with --accept_license (Python: accept_license=True) or set "
                        f"{ACCEPT_ENV}=1; asked once")
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(f"{info.licence_url}\naccepted {_dt.datetime.now(_dt.timezone.utc).isoformat()}\n")
+    atomic_write_text(record, f"{info.licence_url}\naccepted {_dt.datetime.now(_dt.timezone.utc).isoformat()}\n")
 
 
 def _digests(path: Path) -> tuple[str, str]:
@@ -233,6 +233,8 @@ def download(info: ModelInfo, dest: Path, progress: bool = True, timeout: float 
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    if part.is_symlink():  # byola never makes one: someone placed it; resume into byola's own file only
+        part.unlink()
     have = part.stat().st_size if part.is_file() else 0
     headers = {"User-Agent": "byola"} | ({"Range": f"bytes={have}-"} if have else {})
     by_hand = f"download {info.url} yourself and place it at {dest}"
@@ -254,7 +256,8 @@ def download(info: ModelInfo, dest: Path, progress: bool = True, timeout: float 
             start = have if resumed else 0
             length = response.headers.get("Content-Length")
             total = start + int(length) if length is not None else None
-            with open(part, "ab" if resumed else "wb") as f, \
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if resumed else os.O_TRUNC)
+            with os.fdopen(os.open(part, flags, 0o666), "ab" if resumed else "wb") as f, \
                     tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=f"download {info.name}",
                          disable=not progress, file=sys.stderr) as bar:
                 try:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
+from .files import atomic_writer
 
 # (title, [(column, legend label, line style)]) per panel.
 _PANELS = [
@@ -22,6 +23,13 @@ _PANELS = [
     ("views after post-normalization", [("views_mean_after", "mean", "-"), ("views_std_after", "std", "-")]),
     ("pre-normalized log-mel batch", [("lms_mean", "mean", "-"), ("lms_std", "std", "-")]),
 ]
+
+
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
+    """``fig.savefig`` as an atomic write (:func:`byola.files.atomic_writer`): a reader never sees half a picture,
+    and a link placed at ``path`` is replaced, not written through. The format comes from the suffix."""
+    with atomic_writer(path, "wb") as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", **savefig_kwargs)
 
 
 def read_log(path: str | Path) -> dict[str, np.ndarray]:
@@ -89,6 +97,6 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.suptitle(f"{run_dir.name}: {last} steps, final loss {log['loss'][-1]:.4f}", fontsize=11)
     fig.tight_layout()
     path = Path(out) if out is not None else run_dir / "curves.png"
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path

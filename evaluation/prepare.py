@@ -26,7 +26,7 @@ import torchaudio
 from tqdm.auto import tqdm
 
 from byola.errors import UsageError
-from byola.files import atomic_write_with, atomic_writer
+from byola.files import atomic_write_text, atomic_write_with, atomic_writer
 
 SAMPLE_RATE = 16000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".au", ".aiff", ".aif", ".mp3")
@@ -94,7 +94,7 @@ def _write(task: str, out_dir: Path, entries: list[tuple[Path, str, dict]], num_
         raise PrepareError(f"{task}: no readable audio found")
     skipped_path = out_dir / f"{task}.skipped.txt"
     if skipped:
-        skipped_path.write_text("\n".join(skipped) + "\n")
+        atomic_write_text(skipped_path, "\n".join(skipped) + "\n")
     elif skipped_path.exists():
         skipped_path.unlink()
     path = out_dir / f"{task}.csv"

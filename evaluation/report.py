@@ -12,6 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
+from byola.files import atomic_write_text, atomic_writer
+from byola.plots import save_figure
+
 CSV_COLUMNS = ("task", "metric", "score", "std", "n_train", "n_test", "checkpoint", "seed_count", "lr", "label",
                "probe", "hyper_name", "hyper", "n_valid", "n_folds", "n_classes", "unit_sec", "valid_score",
                "lr_grid", "seed_scores", "wall_sec", "cache_hits", "warnings")
@@ -27,7 +30,7 @@ def _fmt(x) -> str:
 
 def write_results_csv(results: Sequence, path: Path) -> None:
     """results.csv; ``score``/``std`` in percent, ``n_train``/``n_valid`` per fold (mean), ``n_test`` summed."""
-    with open(path, "w", newline="") as f:
+    with atomic_writer(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for r in results:
@@ -129,7 +132,7 @@ def plot_confusion(record: dict, path: Path) -> bool:
     ax.set_title(f"{record['task']}: {_name(record)}\n{record['metric']} {record['score']:.2f}%, "
                  f"{counts.sum()} test clips", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return True
 
@@ -168,7 +171,7 @@ def plot_scores(records: Sequence[dict], path: Path) -> None:
     ncol = 1 if max(map(len, labels)) > 30 else min(3, len(labels))
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")  # "tight" keeps the legend below the axes in the picture
+    save_figure(fig, path, dpi=100, bbox_inches="tight")  # "tight" keeps the legend below the axes in the picture
     plt.close(fig)
 
 
@@ -185,10 +188,10 @@ def write_report(results: Sequence, out_dir: str | Path, plot: Sequence | None =
     write_results_csv(results, out / "results.csv")
     seeds = max(r.seed_count for r in results)
     spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one probe seed"
-    (out / "results.md").write_text(f"# Evaluation results\n\nScores in % ({spread}).\n\n"
+    atomic_write_text(out / "results.md", f"# Evaluation results\n\nScores in % ({spread}).\n\n"
                                     + markdown_table(results) + "\n\n" + details_markdown(results) + "\n")
     records = [_record(r) for r in results]
-    (out / "results.json").write_text(json.dumps(records, indent=1))
+    atomic_write_text(out / "results.json", json.dumps(records, indent=1))
     plot_scores(records, out / "scores.png")
     for r in results if plot is None else plot:
         path = _confusion_path(out, _record(r))

@@ -240,9 +240,14 @@ def test_unreadable_files_are_skipped_and_listed(tmp_path):
         _wav(src / f"{actor}_IEO_ANG_HI.wav")
     (src / "1011_IEO_SAD_XX.wav").write_bytes(b"not audio")
     out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / "cremad.skipped.txt").symlink_to(victim)  # a placed link is replaced, never written through
     rows = _rows(prepare("cremad", tmp_path / "CREMA-D", out))
     assert len(rows) == 10
     assert (out / "cremad.skipped.txt").read_text().strip().endswith("1011_IEO_SAD_XX.wav")
+    assert victim.read_text() == "precious" and not (out / "cremad.skipped.txt").is_symlink()
 
 
 def test_unknown_task_and_missing_source(tmp_path):

@@ -65,3 +65,31 @@ def test_curves_png_from_a_pretraining_log(tmp_path):
             writer.writerow([step, 0, 4 / step ** 0.5, 0.99 + 0.0001 * step, 1e-4, 0.1, 0.9, 0.0, 1.0, 0.0, 1.0])
     path = plot_run(tmp_path)
     assert path == tmp_path / "curves.png" and path.stat().st_size > 10_000
+
+
+def _plant_links(tmp_path, out, names) -> dict:
+    """A link at each output name (relative to ``out``), pointing to a file outside that must stay untouched."""
+    victims = {}
+    for name in names:
+        victim = tmp_path / f"victim_{len(victims)}"
+        victim.write_text("precious")
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).symlink_to(victim)
+        victims[name] = victim
+    return victims
+
+
+def test_reports_and_pictures_never_write_through_placed_links(tmp_path):
+    out = tmp_path / "out"
+    results = [_result("a", "model", 70.0, 3), _result("a", "base", 40.0, 3)]
+    victims = _plant_links(tmp_path, out, ["results.csv", "results.md", "results.json", "scores.png",
+                                           "confusion/model/a.png", "curves.png"])
+    columns = ["step", "epoch", "loss", "tau", "lr"]
+    with open(out / "log.csv", "w", newline="") as f:
+        csv.writer(f).writerows([columns] + [[s, 0, 1 / s, 0.99, 1e-4] for s in range(1, 11)])
+    write_report(results, out)
+    plot_run(out)
+    for name, victim in victims.items():
+        assert victim.read_text() == "precious", name
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name
+    assert json.loads((out / "results.json").read_text())[0]["task"] == "a"

@@ -139,6 +139,24 @@ def test_interrupted_download_resumes_with_range(server, cache, weights, monkeyp
     assert path.read_bytes() == payload and not part.exists()
 
 
+def test_placed_links_at_the_part_file_and_licence_record_are_not_written_through(server, cache, weights,
+                                                                                  monkeypatch, tmp_path):
+    payload, _ = weights
+    info = _entry(server, payload, monkeypatch)
+    victim, absent = tmp_path / "victim.bin", tmp_path / "absent.txt"
+    victim.write_bytes(b"precious")
+    part = hub.cached_path(info).with_name(info.file + ".part")
+    part.parent.mkdir(parents=True)
+    part.symlink_to(victim)
+    record = hub._licence_record(info)
+    record.parent.mkdir(parents=True)
+    record.symlink_to(absent)  # a dangling link: no acceptance yet
+    path = hub.resolve("test-model", accept_license=True, progress=False)
+    assert path.read_bytes() == payload and server.ranges == [None]  # a fresh download, nothing resumed from the link
+    assert victim.read_bytes() == b"precious" and not absent.exists()
+    assert not record.is_symlink() and "accepted" in record.read_text()
+
+
 def test_server_down_names_the_file_to_place_by_hand(server, cache, weights, monkeypatch):
     payload, _ = weights
     info = _entry(server, payload, monkeypatch)

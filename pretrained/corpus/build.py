@@ -50,6 +50,7 @@ import torch
 from tqdm import tqdm
 
 from byola.audio import AUDIO_EXTENSIONS, resample
+from byola.files import atomic_write_text, atomic_writer
 
 SAMPLE_RATE = 16000
 DOC = Path("/usr/share/doc")
@@ -365,17 +366,17 @@ def build(args: argparse.Namespace) -> None:
             excluded += saved["excluded"]
             continue
         src_rows, src_excluded = build_source(cands, domain, out, eval_names, eval_hashes, args, rng)
-        done.write_text(json.dumps({"rows": src_rows, "excluded": src_excluded}))
+        atomic_write_text(done, json.dumps({"rows": src_rows, "excluded": src_excluded}))
         rows += src_rows
         excluded += src_excluded
 
     fields = ["segment", "source", "package_version", "original_file", "start_s", "duration_s", "domain", "licence",
               "attribution", "sha256"]
-    with open(out / "manifest.csv", "w", newline="") as f:
+    with atomic_writer(out / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    with open(out / "excluded.csv", "w", newline="") as f:
+    with atomic_writer(out / "excluded.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["source", "original_file", "reason"])
         w.writeheader()
         w.writerows(excluded)
@@ -397,7 +398,7 @@ def write_mixes(out: Path, rows: list[dict], seed: int) -> None:
             total = min(len(by_domain[d]) / s for d, s in shares.items())  # the scarcest domain is used in full
             rng = random.Random(seed)
             chosen = sorted(p for d, s in shares.items() for p in rng.sample(by_domain[d], int(total * s)))
-        (out / f"train_{mix}.txt").write_text("\n".join(chosen) + "\n")
+        atomic_write_text(out / f"train_{mix}.txt", "\n".join(chosen) + "\n")
         print(f"train_{mix}.txt: {len(chosen)} segments {dict(Counter(domain_of[p] for p in chosen))}")
 
 
