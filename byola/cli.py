@@ -136,8 +136,10 @@ class Commands:
                 for v2); each written frame is the mean of that many model frames (default: the model's hop).
             device: torch device, e.g. cpu or cuda (under torchrun, cuda is cuda:LOCAL_RANK).
             batch_size: files per encoder batch.
-            num_workers: worker processes decoding audio (default: one per CPU core on CPU, where they also run
-                the model on one thread each, 2 with a GPU); 0 runs everything in this process.
+            num_workers: worker processes decoding audio; 0 runs everything in this process. Default: on CPU,
+                one per core (at most one per chunk of min(batch_size, 32) files), each also running the model on
+                one thread; with a GPU, 2; none when the inputs fit in one chunk (one batch with a GPU); under
+                torchrun on CPU, the node's cores divided among its ranks.
             norm_stats: MEAN,STD pre-normalization statistics; for checkpoints that carry none (official
                 weights), they are otherwise computed exactly from the inputs in a first pass (not in a sharded
                 job, which needs them given).
@@ -241,7 +243,7 @@ class Commands:
             recipe: a recipe name in recipes/ (byola_v1, byola_v2, tribyola, byol_cifar10, ...) or a YAML file.
             out: the run folder.
             resume: continue a run from its newest checkpoint; with a larger --train.steps, extend a finished one.
-            overrides: recipe values, e.g. --optim.lr=1e-4 --train.batch_size=64 --model.d=512.
+            overrides: recipe values, e.g. --optim.lr=1e-4 --train.batch_size=64 --model.d=2048.
 
         Examples:
             byola pretrain my_corpus/ --recipe byola_v2 --out runs/v2
@@ -277,8 +279,9 @@ class Commands:
             probe: linear, mlp or knn.
             seeds: number of probe seeds (mean ± std reported).
             data_root: folder holding the built-in tasks' prepared data (default $BYOLA_DATA or ./data).
-            unit_sec: clip duration for CSV tasks without a spec (built-in tasks have their own).
-            device: torch device for the encoder.
+            unit_sec: clip duration in seconds of the task CSVs given by path: each clip is cut or zero-padded
+                to it (default: 1.0 s for a task CSV, said on stderr; built-in tasks keep their own).
+            device: torch device for the encoder, the probe and the log-mel baseline.
             batch_size: clips per encoder batch.
             num_workers: DataLoader workers decoding audio.
             fold_norm: normalization statistics from each fold's training clips (EVAR's protocol); False keeps the
@@ -308,12 +311,18 @@ class Commands:
         check_device(device)
         from .embed import load
         from .evaluation.embedders import LogMelStatsEmbedder, ModelEmbedder
+        from .evaluation.probe import ProbeConfig
         from .evaluation.run import evaluate
-        from .evaluation.tasks import load_task
+        from .evaluation.tasks import builtin_specs, load_task
         from .precision import precision_name
 
-        for task in tasks:  # fail on a missing task before loading any model
-            load_task(task, unit_sec, None, data_root)
+        specs = builtin_specs()
+        builtin = [task for task in tasks if task in specs]
+        if unit_sec is not None and len(builtin) == len(tasks):
+            raise UsageError(f"--unit_sec applies to CSV tasks given by path: {', '.join(builtin)} "
+                             f"{'has its' if len(builtin) == 1 else 'have their'} own", "drop --unit_sec")
+        # every task loaded (and checked) before any model; --unit_sec for the CSV tasks only
+        loaded = [load_task(task, None if task in builtin else unit_sec, None, data_root) for task in tasks]
 
         def model_factory(random_init: int | None = None):
             def factory() -> ModelEmbedder:
@@ -329,9 +338,10 @@ class Commands:
                 return ModelEmbedder(embedder, name=name, fold_norm=fold_norm, batch_size=batch_size)
             return factory
 
-        extra = {"random-init": model_factory(random_init=0), "logmel-stats": LogMelStatsEmbedder} if baselines else {}
-        evaluate(list(tasks), model_factory(), out, baselines=extra, data_root=data_root, unit_sec=unit_sec,
-                 seeds=tuple(range(seeds)), probe=probe, batch_size=batch_size, num_workers=num_workers,
+        extra = {"random-init": model_factory(random_init=0),
+                 "logmel-stats": lambda: LogMelStatsEmbedder(device=device)} if baselines else {}
+        evaluate(loaded, model_factory(), out, baselines=extra, seeds=tuple(range(seeds)),
+                 probe=ProbeConfig(kind=probe, device=device), batch_size=batch_size, num_workers=num_workers,
                  cache_dir=cache_dir, progress=progress)
         print((Path(out) / "results.md").read_text())
 
@@ -451,7 +461,7 @@ class Commands:
             task: esc50, us8k, spcv2, vc1, voxforge, cremad, gtzan, nsynth or fsd50k.
             src: the dataset as downloaded.
             out: output folder (OUT/<task>.csv).
-            num_workers: processes converting audio.
+            num_workers: threads converting audio (0: in the main thread).
             options: dataset-specific options (gtzan: --split_dir; cremad: --seed).
 
         Examples:

@@ -1,35 +1,41 @@
-"""The embedding interface the protocol drives, and the log-mel statistics baseline.
-
-Any object with these members can be evaluated (byola's ``Embedder`` is wrapped by the CLI to fit it):
-
-- ``name: str`` — identifies the weights and configuration (part of the embedding cache key: change it whenever
-  the embeddings would change, e.g. a checkpoint's content hash plus its frontend config).
-- ``sample_rate: int`` — rate of the waveforms it expects (16000 for byola models).
-- ``fit_norm(clips: Iterable[Tensor[T]]) -> dict | None`` — computes exact normalization statistics from the
-  given clips (the training split of the current fold, already cropped to ``unit_sec``), uses them for later
-  ``embed_clips`` calls and returns them JSON-able (stored next to the cached embeddings), or returns ``None``
-  without reading the clips when it does not normalize.
-- ``embed_clips(waves: Tensor[B, T]) -> Tensor[B, D]`` — one embedding per clip.
-"""
+"""The embedding interface the protocol drives (:class:`ClipEmbedder`), the log-mel statistics baseline and
+:class:`ModelEmbedder`, the adapter for byola models."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from byola.embed import Embedder
+
 
 @runtime_checkable
 class ClipEmbedder(Protocol):
+    """What the protocol needs of an embedder; any object with these members can be evaluated.
+
+    ``name`` identifies the weights and configuration: it is part of the embedding cache key, so change it whenever
+    the embeddings would change (e.g. a checkpoint's content hash plus its frontend config). ``sample_rate`` is the
+    rate of the waveforms it expects (16000 for byola models).
+    """
+
     name: str
     sample_rate: int
 
-    def fit_norm(self, clips: Iterable[torch.Tensor]) -> dict | None: ...
+    def fit_norm(self, clips: Iterable[torch.Tensor]) -> dict | None:
+        """Compute exact normalization statistics from ``clips`` (1-D waves: the training split of the current
+        fold, already cropped to ``unit_sec``), use them for later ``embed_clips`` calls and return them JSON-able
+        (stored next to the cached embeddings); or return ``None`` without reading the clips when it does not
+        normalize."""
+        ...
 
-    def embed_clips(self, waves: torch.Tensor) -> torch.Tensor: ...
+    def embed_clips(self, waves: torch.Tensor) -> torch.Tensor:
+        """One embedding per clip: ``waves [B, T]`` -> ``[B, D]``."""
+        ...
 
 
-EmbedderFactory = Callable[[], ClipEmbedder]
+EmbedderFactory = Callable[[], ClipEmbedder]  # `evaluate` calls each factory once
 
 
 class LogMelStatsEmbedder:
@@ -69,7 +75,7 @@ class ModelEmbedder:
     and ``name`` must then identify them. ``name`` is the cache identity, e.g. ``"ckpt:" + sha256[:16]``.
     """
 
-    def __init__(self, model, name: str, fold_norm: bool = True, batch_size: int = 64):
+    def __init__(self, model: Embedder, name: str, fold_norm: bool = True, batch_size: int = 64):
         self.model, self.fold_norm, self.batch_size = model, fold_norm, batch_size
         self.sample_rate = int(model.sample_rate)
         self.name = f"{name}|norm={'fold' if fold_norm else 'model'}"

@@ -83,10 +83,15 @@ def _place(src: Path, out_dir: Path, copy_rel: str) -> str | None:
 
 
 def _write(task: str, out_dir: Path, entries: list[tuple[Path, str, dict]], num_workers: int) -> Path:
-    """Place every (source file, copy path, row) and write ``out_dir/<task>.csv`` (+ skipped list)."""
+    """Place every (source file, copy path, row) with ``num_workers`` threads (0: in this thread) and write
+    ``out_dir/<task>.csv`` (+ skipped list)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        placed = list(tqdm(pool.map(lambda e: _place(e[0], out_dir, e[1]), entries), total=len(entries),
+
+    def place(entry: tuple[Path, str, dict]) -> str | None:
+        return _place(entry[0], out_dir, entry[1])
+
+    with ThreadPoolExecutor(max(num_workers, 1)) as pool:  # its threads start on first use: none for 0
+        placed = list(tqdm((pool.map if num_workers else map)(place, entries), total=len(entries),
                            desc=f"prepare {task}", unit="file"))
     rows = [{"file_name": p, **row} for p, (_, _, row) in zip(placed, entries) if p is not None]
     skipped = [str(src) for p, (src, _, _) in zip(placed, entries) if p is None]
@@ -281,8 +286,12 @@ PREPARERS: dict[str, Callable[..., list[tuple[Path, str, dict]]]] = {
 
 def prepare(task: str, src_dir: str | os.PathLike, out_dir: str | os.PathLike, num_workers: int = 4,
             **options) -> Path:
-    """Turn the dataset at ``src_dir`` (its official layout) into ``out_dir/<task>.csv`` (+ 16 kHz copies);
-    ``options`` go to the dataset's function (``gtzan``: ``split_dir``; ``cremad``: ``seed``). Returns the CSV."""
+    """Turn the dataset at ``src_dir`` (its official layout) into ``out_dir/<task>.csv`` (+ 16 kHz copies) with
+    ``num_workers`` threads converting audio (0: in the calling thread); ``options`` go to the dataset's function
+    (``gtzan``: ``split_dir``; ``cremad``: ``seed``). Returns the CSV."""
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise PrepareError(f"num_workers must be 0 (convert in this thread) or a positive integer, got "
+                           f"{num_workers!r}")
     if task not in PREPARERS:
         raise PrepareError(f"no preparer for {task!r}; known: {', '.join(PREPARERS)}")
     src = _need(Path(src_dir), f"{task} source folder")

@@ -82,10 +82,11 @@ class Trial:
     test_pred: np.ndarray | None = None
 
 
-def make_fold_data(x_train, y_train, x_valid, y_valid, x_test, y_test, classes: list[str],
-                   metric: str) -> FoldData:
-    """Standardize with train statistics (float64 moments in chunks; zero-variance dimensions left unscaled); record
-    classes missing from train or test so that results can say what they were computed on."""
+def make_fold_data(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
+                   x_test: np.ndarray, y_test: np.ndarray, classes: list[str], metric: str) -> FoldData:
+    """Standardize features ``x_*`` ``[N, D]`` (any float dtype, memmaps welcome) with train statistics (float64
+    moments in chunks; zero-variance dimensions left unscaled); ``y_*`` are class indices ``[N]`` or multi-hot
+    ``[N, C]``. Record classes missing from train or test so that results can say what they were computed on."""
     x_train = np.asarray(x_train, dtype=np.float32)
     mean = x_train.mean(axis=0, dtype=np.float64)
     sq = sum(np.square(x_train[i:i + 8192] - mean).sum(axis=0) for i in range(0, len(x_train), 8192))

@@ -67,13 +67,14 @@ def markdown_table(results: Sequence) -> str:
 
 
 def details_markdown(results: Sequence) -> str:
-    """Per result: probe, chosen hyper-parameter, sizes, seeds, wall time, cache use and warnings."""
-    lines = ["| task | embedder | probe | chosen | n_train | n_valid | n_test | seeds | wall s | cached folds |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    """Per result: clip duration, probe, chosen hyper-parameter, sizes, seeds, wall time, cache use and warnings."""
+    lines = ["| task | embedder | unit s | probe | chosen | n_train | n_valid | n_test | seeds | wall s "
+             "| cached folds |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {_cell(r.task)} | {_cell(r.label or r.checkpoint)} | {r.probe} | {r.hyper_name}={r.hyper:g} | "
-                     f"{r.n_train} | {r.n_valid} | {r.n_test} | {r.seed_count} | {r.wall_sec:.1f} | "
-                     f"{r.cache_hits}/{r.n_folds} |")
+        lines.append(f"| {_cell(r.task)} | {_cell(r.label or r.checkpoint)} | {r.unit_sec:g} | {r.probe} | "
+                     f"{r.hyper_name}={r.hyper:g} | {r.n_train} | {r.n_valid} | {r.n_test} | {r.seed_count} | "
+                     f"{r.wall_sec:.1f} | {r.cache_hits}/{r.n_folds} |")
     warned = [r for r in results if r.warnings]
     if warned:
         lines += ["", "Warnings (handled, results computed as stated):", ""]

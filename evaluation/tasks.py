@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import yaml
 from byola.errors import UsageError
 
 METRICS = ("accuracy", "mAP")
+DEFAULT_UNIT_SEC = 1.0  # clip duration of a task CSV given without one (built-in tasks state theirs)
 SPLITS = ("train", "valid", "test")
 SPEC_DIR = Path(__file__).with_name("tasks")
 
@@ -170,7 +172,8 @@ def load_task(name_or_csv: str | os.PathLike, unit_sec: float | None = None, met
               data_root: str | os.PathLike | None = None, check_files: bool = True) -> Task:
     """Load a built-in task by name or any EVAR-style CSV; ``unit_sec``/``metric`` override the spec.
 
-    A bare CSV gets ``unit_sec`` 1.0 and metric ``mAP`` if any row is multi-label else ``accuracy`` unless given.
+    A bare CSV gets ``unit_sec`` ``DEFAULT_UNIT_SEC`` (said in one line on stderr) and metric ``mAP`` if any row is
+    multi-label else ``accuracy`` unless given.
     Raises ``TaskError`` for missing columns, missing audio files (listed), bad split/fold values, empty labels,
     labels outside the spec's ``classes``, multi-label rows under ``accuracy``, a class count that differs from
     the spec, or a split without train/test.
@@ -209,7 +212,7 @@ def load_task(name_or_csv: str | os.PathLike, unit_sec: float | None = None, met
     if spec and spec.n_classes and len(classes) != spec.n_classes:
         raise TaskError(f"{csv_path}: task {spec.name!r} expects {spec.n_classes} classes, the CSV has "
                         f"{len(classes)}")
-    unit = float(unit_sec if unit_sec is not None else (spec.unit_sec if spec else 1.0))
+    unit = float(unit_sec if unit_sec is not None else (spec.unit_sec if spec else DEFAULT_UNIT_SEC))
     if unit <= 0:
         raise TaskError(f"unit_sec must be positive, got {unit}")
     files = [(csv_path.parent / row["file_name"]) for row in rows]
@@ -235,6 +238,9 @@ def load_task(name_or_csv: str | os.PathLike, unit_sec: float | None = None, met
         if len(np.unique(fold)) < 2:
             raise TaskError(f"{csv_path}: a fold task needs at least two folds")
     name = spec.name if spec else csv_path.stem
+    if unit_sec is None and spec is None:
+        print(f"{csv_path.name}: clips cut/padded to {DEFAULT_UNIT_SEC:g} s, the default for a task CSV "
+              "(--unit_sec to change)", file=sys.stderr)
     return Task(name, csv_path.resolve(), unit, metric, files, labels, classes, split, fold)
 
 

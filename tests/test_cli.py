@@ -2,6 +2,7 @@
 errors with exit status 2 (traceback with --debug)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -104,3 +105,98 @@ def test_values_reach_the_command_as_given():
     with pytest.raises(UsageError, match="unexpected argument 'x'"):
         cli.check_command_line("models", ["x"])
 
+
+def _evaluate_data(root: Path) -> tuple[Path, Path]:
+    """A data root holding the built-in task fsdd_digit (10 digits) and a task CSV of our own (mine.csv, 3 classes),
+    both of short generated clips (0.3 s)."""
+    import soundfile as sf
+
+    from tests.conftest import make_tone
+
+    def write(folder: Path, name: str, labels: list[str], per_class: int) -> Path:
+        (folder / "audio").mkdir(parents=True, exist_ok=True)
+        lines = ["file_name,label,split"]
+        for k, label in enumerate(labels):
+            for i in range(per_class):
+                sf.write(folder / "audio" / f"{label}_{i}.wav", make_tone(0.3, freq=200.0 * (k + 1), seed=i), 16000)
+                lines.append(f"audio/{label}_{i}.wav,{label},{['train', 'train', 'train', 'valid', 'test'][i % 5]}")
+        (folder / name).write_text("\n".join(lines) + "\n")
+        return folder / name
+
+    write(root / "fsdd", "fsdd_digit.csv", [str(d) for d in range(10)], 5)
+    return root, write(root / "mine", "mine.csv", ["a", "b", "c"], 5)
+
+
+def _recorded_unit_sec(out: Path) -> dict[str, float]:
+    return {r["task"]: r["unit_sec"] for r in json.loads((out / "results.json").read_text())}
+
+
+def test_evaluate_unit_sec_applies_to_csv_tasks_only(tmp_path, tiny_ckpt, capsys):
+    """`--unit_sec` used to crop built-in tasks too (fsdd_digit to 0.5 s here); they keep their own."""
+    root, mine = _evaluate_data(tmp_path / "data")
+    out = tmp_path / "eval"
+    cli.main(["evaluate", "fsdd_digit", str(mine), "--unit_sec", "0.5", "--checkpoint", str(tiny_ckpt),
+              "--data_root", str(root), "--out", str(out), "--probe", "knn", "--seeds", "1", "--num_workers", "0",
+              "--noprogress"])
+    assert _recorded_unit_sec(out) == {"fsdd_digit": 1.0, "mine": 0.5}
+    assert "clips cut/padded" not in capsys.readouterr().err  # the CSV task's duration was given
+    with pytest.raises(UsageError, match="--unit_sec applies to CSV tasks.*fsdd_digit has its own"):
+        cli.Commands().evaluate("fsdd_digit", unit_sec=0.5, data_root=str(root), out=str(tmp_path / "o2"))
+    assert not (tmp_path / "o2").exists()
+
+
+def test_evaluate_says_when_a_csv_task_gets_the_default_unit_sec(tmp_path, tiny_ckpt, capsys):
+    from byola.evaluation.tasks import DEFAULT_UNIT_SEC
+
+    root, mine = _evaluate_data(tmp_path / "data")
+    out = tmp_path / "eval"
+    cli.main(["evaluate", str(mine), "fsdd_digit", "--checkpoint", str(tiny_ckpt), "--data_root", str(root),
+              "--out", str(out), "--probe", "knn", "--seeds", "1", "--num_workers", "0", "--noprogress"])
+    notes = [line for line in capsys.readouterr().err.splitlines() if "clips cut/padded" in line]
+    assert notes == ["mine.csv: clips cut/padded to 1 s, the default for a task CSV (--unit_sec to change)"]
+    assert _recorded_unit_sec(out) == {"mine": 1.0, "fsdd_digit": 1.0}
+    assert "| mine | tiny" in (out / "results.md").read_text() and "| unit s |" in (out / "results.md").read_text()
+    assert f"(default: {DEFAULT_UNIT_SEC} s for a task CSV" in " ".join(cli._command_help("evaluate").split())
+
+
+def test_evaluate_device_cpu_is_honoured_by_the_probe_and_the_baselines(tmp_path, tiny_ckpt, monkeypatch):
+    """With a GPU visible, `--device cpu` used to run the probe and the log-mel baseline on it anyway. Here the
+    evaluation code is shown a GPU that is not there (torch's own checks are not fooled), so any such use fails."""
+    import torch
+
+    root, mine = _evaluate_data(tmp_path / "data")
+    real = torch.cuda.is_available
+
+    def visible_to_evaluation() -> bool:
+        return sys._getframe(1).f_globals.get("__name__", "").startswith("byola.evaluation") or real()
+
+    monkeypatch.setattr(torch.cuda, "is_available", visible_to_evaluation)
+    cli.main(["evaluate", str(mine), "--unit_sec", "0.3", "--checkpoint", str(tiny_ckpt), "--device", "cpu",
+              "--baselines", "--out", str(tmp_path / "eval"), "--seeds", "1", "--num_workers", "0", "--noprogress"])
+    records = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [r["label"] for r in records] == [records[0]["checkpoint"], "random-init", "logmel-stats"]
+
+
+def test_pretrain_help_overrides_are_valid_for_their_recipes():
+    """Every `--SECTION.KEY=VALUE` in `byola pretrain --help` passes the recipe check (`--model.d=512` used to be
+    offered, which byola_v2's AudioNTT2022 refuses)."""
+    import re
+
+    from byola import recipe
+
+    text = cli._command_help("pretrain")
+    options_text = " ".join(text.split("\n  --KEY=VALUE")[1].split("\n  --debug")[0].split())
+    checked = 0
+    for line in [options_text] + text.split("examples:")[1].splitlines():
+        overrides = dict(re.findall(r"--([a-z_]+\.[a-z_]+)=(\S+?)\.?(?=\s|$)", line))
+        if overrides:
+            name = re.search(r"--recipe (\w+)", line)
+            recipe.load(name.group(1) if name else "byola_v2", overrides)
+            checked += 1
+    assert checked >= 2
+
+
+def test_embed_help_states_the_worker_chunk():
+    from byola.norm import WORKER_CHUNK_FILES
+
+    assert f"min(batch_size, {WORKER_CHUNK_FILES}) files" in " ".join(cli._command_help("embed").split())

@@ -257,3 +257,29 @@ def test_unknown_task_and_missing_source(tmp_path):
         prepare("esc50", tmp_path / "nope", tmp_path / "out")
     with pytest.raises(PrepareError, match="esc50.csv"):
         prepare("esc50", tmp_path, tmp_path / "out")
+
+
+def test_num_workers_zero_runs_in_this_thread_and_negative_is_refused(tmp_path, monkeypatch):
+    """`num_workers` used to be raised to 1 whatever it was: 0 now converts in the calling thread, a negative
+    count is an error before any work."""
+    import threading
+
+    from byola.evaluation import prepare as prep
+
+    src = tmp_path / "ESC-50-master"
+    (src / "meta").mkdir(parents=True)
+    with open(src / "meta" / "esc50.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        for i in range(4):
+            w.writerow([f"{1 + i % 2}-{i}-A-{i}.wav", 1 + i % 2, i, f"class{i}", "False", i, "A"])
+            _wav(src / "audio" / f"{1 + i % 2}-{i}-A-{i}.wav", sr=44100)
+    for bad in (-1, -4):
+        with pytest.raises(PrepareError, match=f"num_workers must be 0 .* or a positive integer, got {bad}"):
+            prepare("esc50", src, tmp_path / "bad", num_workers=bad)
+    assert not (tmp_path / "bad").exists()
+    threads = []
+    original = prep.to_16k
+    monkeypatch.setattr(prep, "to_16k", lambda s, d: (threads.append(threading.get_ident()), original(s, d)))
+    _check(prepare("esc50", src, tmp_path / "out", num_workers=0), 4)
+    assert threads == [threading.get_ident()] * 4

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from byola.evaluation.tasks import TaskError, builtin_specs, load_task, stratified_holdout
+from byola.evaluation.tasks import DEFAULT_UNIT_SEC, TaskError, builtin_specs, load_task, stratified_holdout
 from tests.conftest import shared_data
 
 
@@ -130,3 +130,13 @@ def test_shared_dev_tasks_load():
     folds = task.folds()
     assert [len(f.test) for f in folds] == [99, 98, 98, 97]
     assert all(len(f.valid) == round(0.1 * (392 - len(f.test))) for f in folds)
+
+
+def test_a_csv_task_without_unit_sec_says_it_gets_the_default(tmp_path, capsys):
+    rows = [(f"audio/{i}.wav", "ab"[i % 2], ["train", "test"][i % 2]) for i in range(4)]
+    path = _write_task(tmp_path, rows)
+    assert load_task(path).unit_sec == DEFAULT_UNIT_SEC == 1.0
+    assert capsys.readouterr().err == "task.csv: clips cut/padded to 1 s, the default for a task CSV " \
+                                      "(--unit_sec to change)\n"
+    assert load_task(path, unit_sec=0.5).unit_sec == 0.5
+    assert capsys.readouterr().err == ""
