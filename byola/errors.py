@@ -1,4 +1,4 @@
-"""The one exception type for mistakes a user can fix (floor 1: imports nothing from byola).
+"""The one exception type for mistakes a user can fix (floor 0: imports nothing from byola).
 
 Library code raises :class:`UsageError` for bad option values, missing inputs, unknown model names, recipe errors
 and the like; the ``byola`` command prints it as one line (``byola COMMAND: error: ...``) and exits with status 2,
