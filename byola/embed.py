@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .audio import resample
-from .checkpoint import load_any
+from .checkpoint import CheckpointError, load_any
 from .decoded import DecodedWaves
 from .errors import UsageError
 from .files import file_sha256
@@ -283,7 +283,8 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         encoder = build_encoder(meta["encoder"]["name"], **meta["encoder"]["params"]).eval()
     frontend_config = dict(meta["frontend"])
     if meta["modality"] != "audio":
-        raise ValueError(f"{path} is a {meta['modality']} model: byola embed takes audio models")
+        raise CheckpointError(path, f"an {meta['modality']} model, not an audio one: give an audio model "
+                                    "(`byola models` lists them)")
     if frontend_backend is not None:
         frontend_config["backend"] = frontend_backend
     frontend = LogMelSpectrogram(**frontend_config)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from byola.audio import AudioError, crop_or_pad, load_audio, load_audio_if_shorter, stream_audio
+from byola.errors import UsageError
 from byola.frontend import LogMelSpectrogram
 
 CROPS = ("random", "start", "center")
@@ -238,10 +239,11 @@ def compute_norm_stats(
         shown = "; ".join(str(e) for e in errors[:5]) + ("; ..." if len(errors) > 5 else "")
         warnings.warn(f"compute_norm_stats skipped {len(errors)} unreadable file(s): {shown}", stacklevel=2)
     if moments.n == 0:
-        raise ValueError("no audio to compute normalization statistics from")
+        raise UsageError("no audio to compute normalization statistics from",
+                         f"all {len(errors)} unreadable (see the warning)" if errors else "give at least one clip")
     std = math.sqrt(moments.m2 / moments.n)
     if not (math.isfinite(moments.mean) and math.isfinite(std)):
-        raise ValueError(f"non-finite statistics (mean={moments.mean}, std={std}): check the input waveforms")
+        raise UsageError(f"non-finite statistics (mean={moments.mean}, std={std})", "check the input waveforms")
     return NormStats(mean=moments.mean, std=std, count=moments.n)
 
 

@@ -13,7 +13,7 @@ import torch
 
 import byola
 from byola import embed as embed_mod
-from byola.checkpoint import save_checkpoint
+from byola.checkpoint import CheckpointError, save_checkpoint
 from byola.embed_job import read_embeddings
 from byola.frontend import DEFAULT_BACKEND, LogMelSpectrogram
 from byola.models import build_encoder
@@ -273,8 +273,44 @@ def test_image_checkpoint_is_refused_clearly(tmp_path):
     path = tmp_path / "img.safetensors"
     save(path, build_encoder("small_cnn"), {"size": [16, 16], "mean": [0.5], "std": [0.5]}, None, {"source": "test"},
          modality="image")
-    with pytest.raises(ValueError, match="image model"):
+    with pytest.raises(CheckpointError, match="image model"):
         byola.load(path)
+    _one_line_error(["embed", str(path), "--checkpoint", str(path), "--out", str(tmp_path / "out")], "image model")
+    assert not (tmp_path / "out").exists()
+
+
+def _one_line_error(argv: list[str], message: str) -> None:
+    """`byola ARGV` ends in one error line naming `message` and exit status 2, no traceback (progress before it
+    is fine)."""
+    import contextlib
+    import io
+
+    from byola.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        main(argv)
+    text = err.getvalue()
+    last = text.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and "Traceback" not in text, text
+    assert last.startswith(f"byola {argv[0]}: error: ") and message in last, text
+
+
+def test_no_readable_input_for_the_statistics_pass_is_a_one_line_error(tmp_path, monkeypatch):
+    """A checkpoint without statistics and nothing decodable to compute them from: one line, exit status 2."""
+    monkeypatch.delenv("BYOLA_DEBUG", raising=False)
+    path = tmp_path / "nostats.safetensors"
+    save_checkpoint(path, build_encoder("AudioNTT2020", n_mels=64, d=32), LogMelSpectrogram().config(), None,
+                    {"source": "test"})
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.wav").write_text("not audio at all " * 20)
+    (tmp_path / "in" / "empty.wav").write_bytes(b"")
+    message = "no audio to compute normalization statistics from"
+    with pytest.warns(UserWarning, match="skipped 2"):
+        _one_line_error(["embed", str(tmp_path / "in"), "--checkpoint", str(path), "--out", str(tmp_path / "out"),
+                         "--num_workers", "0"], message)
+        _one_line_error(["stats", str(tmp_path / "in"), "--checkpoint", str(path)], message)
+    assert not (tmp_path / "out").exists()
 
 
 def test_frames_at_a_coarser_hop_are_mean_pooled(ckpt, tmp_path):

@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 
 from byola.audio import AudioError
+from byola.errors import UsageError
 from byola.frontend import LogMelSpectrogram
 from byola.norm import NormStats, PostNormalization, PreNormalization, compute_norm_stats
 
@@ -169,8 +170,10 @@ def test_bad_files_raise_or_are_skipped_once(frontend, tmp_path):
     message = str(caught[0].message)
     assert "skipped 2" in message and str(empty) in message and str(text) in message
     assert stats == compute_norm_stats(good, frontend, progress=False)
-    with pytest.raises(ValueError, match="no audio"), pytest.warns(UserWarning, match="skipped 1"):
+    with pytest.raises(UsageError, match="no audio.*1 unreadable"), pytest.warns(UserWarning, match="skipped 1"):
         compute_norm_stats([empty], frontend, skip_errors=True, progress=False)
+    with pytest.raises(UsageError, match="no audio"):
+        compute_norm_stats([], frontend, progress=False)
 
 
 def test_rejects_bad_arguments(frontend):
