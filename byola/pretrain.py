@@ -91,7 +91,8 @@ def pretrain(data: Sequence[str] | str, recipe: str, out: str, resume: bool = Fa
     cfg = load(recipe, overrides)
     recipe_name = Path(recipe).stem
     out_dir = Path(out)
-    resumed_from = resume_checkpoint(out_dir, resume)  # before any data work: refuses to start over an existing run
+    # Before any data work: refuses to start over an existing run, or one whose exported models would be overwritten.
+    resumed_from = resume_checkpoint(out_dir, resume, trained=("model*.safetensors",))
     saved = out_dir / "config.yaml"
     changes = resume_changes(yaml.safe_load(saved.read_text()), cfg) if resume and saved.exists() else {}
     with _main_rank_output(dist_info().is_main):

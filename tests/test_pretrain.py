@@ -133,6 +133,22 @@ def test_an_existing_run_is_refused_before_any_data_work(tmp_path: Path) -> None
                                                                             "checkpoints/state-00000003.pt"]
 
 
+def test_a_finished_run_without_checkpoints_is_refused_before_any_data_work(tmp_path: Path) -> None:
+    """A run folder whose checkpoints were removed still holds the model and the log: a new run, with or without
+    --resume (nothing to continue from), is refused in one line naming them, before anything in it changes."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.safetensors", "model-step00000003.safetensors", "log.csv", "config.yaml"):
+        (run / name).write_text(name)
+    for resume in (False, True):
+        with pytest.raises(FileExistsError) as err:
+            pretrain([str(tmp_path / "no corpus here")], "byola_v2", str(run), resume=resume, **TINY_V2)
+        message = str(err.value)
+        assert "model.safetensors" in message and "--out" in message and "\n" not in message
+    assert {p.name: p.read_text() for p in run.iterdir()} == {n: n for n in (
+        "model.safetensors", "model-step00000003.safetensors", "log.csv", "config.yaml")}
+
+
 def test_pretrain_v1_resume_after_interruption_matches(corpus: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     ref = pretrain([str(corpus)], "byola_v1", str(tmp_path / "ref"), **TINY_V1)

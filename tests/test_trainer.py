@@ -113,6 +113,28 @@ def test_resume_checkpoint_is_the_one_check_for_an_existing_run(tmp_path: Path) 
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
 
 
+def test_a_run_without_checkpoints_is_not_overwritten(tmp_path: Path) -> None:
+    """A folder holding a run's log but no checkpoint (killed before its first one, or its checkpoints removed) is
+    refused by a fresh run, naming what is there and what to do, with nothing changed; `resume` starts it again
+    from step 0 (nothing to continue from), unless it holds trained weights (`trained`: they would be overwritten)."""
+    run = tmp_path / "run"
+    _trainer(run).fit()
+    for state in (run / "checkpoints").iterdir():
+        state.unlink()
+    (run / "model.safetensors").write_bytes(b"weights")  # what an export callback leaves
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError) as err:
+        _trainer(run).fit()
+    assert "log.csv" in str(err.value) and "--out" in str(err.value) and "\n" not in str(err.value)
+    for resume in (False, True):
+        with pytest.raises(FileExistsError, match=r"model\.safetensors.*--out"):
+            resume_checkpoint(run, resume, trained=("model*.safetensors",))
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    assert resume_checkpoint(run, resume=True) is None
+    _trainer(run, steps=2).fit(resume=True)  # from step 0: the old rows go, as rows past a checkpoint do
+    assert [int(r["step"]) for r in _rows(run)] == [1, 2]
+
+
 def test_process_group_is_made_once_and_ended_by_the_block_that_made_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under torchrun (WORLD_SIZE > 1) the outermost block makes the group (gloo on a CPU) and destroys it, also on an
     error; a nested block (pretrain's, then Trainer.fit's) uses it. A single process makes none."""

@@ -33,7 +33,7 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -61,6 +61,7 @@ STATE_VERSION = 1
 _STATE_RE = re.compile(r"^state-(\d+)\.pt$")
 _BASE_COLUMNS = ("step", "epoch", "loss", "tau", "lr", "data_wait_s", "views_s", "step_s")
 TENSORBOARD_DIR = "tensorboard"
+_RUN_LOGS = ("log.csv", f"{TENSORBOARD_DIR}/events.out.tfevents.*")  # what a run writes from its first step
 
 
 def require_tensorboard() -> type:
@@ -88,15 +89,32 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
-def resume_checkpoint(run_dir: str | os.PathLike, resume: bool) -> Path | None:
+def resume_checkpoint(run_dir: str | os.PathLike, resume: bool, trained: Sequence[str] = ()) -> Path | None:
     """The one answer to "does a run already exist in ``run_dir``": the training-state checkpoint a run continues
-    from (the newest, with ``resume``; None when there is none, a fresh run). Raises ``FileExistsError`` when
-    ``run_dir`` holds checkpoints and ``resume`` is False: a fresh run never overwrites one."""
+    from (the newest, with ``resume``; None for a run from step 0). Raises ``FileExistsError`` (one line naming what
+    is there and what to do) rather than let a run overwrite an earlier one: without ``resume``, when ``run_dir``
+    holds checkpoints or, without checkpoints, a run's log (``log.csv``, TensorBoard events: a run killed before its
+    first checkpoint, or one whose checkpoints were removed) or files matching the ``trained`` patterns (the caller's
+    exported weights); with ``resume`` and no checkpoint, when it holds ``trained`` files (a run from step 0 would
+    overwrite them)."""
+    run_dir = Path(run_dir)
     latest = latest_checkpoint(run_dir)
-    if latest is not None and not resume:
-        raise FileExistsError(f"{run_dir} holds a run: pass resume=True (--resume) to continue it, or choose another "
-                              "folder (--out)")
-    return latest
+    if latest is not None:
+        if not resume:
+            raise FileExistsError(f"{run_dir} holds a run: pass resume=True (--resume) to continue it, or choose "
+                                  "another folder (--out)")
+        return latest
+    found = _matching(run_dir, trained if resume else (*_RUN_LOGS, *trained))
+    if found:
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise FileExistsError(f"{run_dir} holds an earlier run's {shown} but no checkpoint to continue from: choose "
+                              "another folder (--out), or remove them to start a new run there")
+    return None
+
+
+def _matching(folder: Path, patterns: Sequence[str]) -> list[str]:
+    """The files of ``folder`` matching the glob ``patterns`` (relative paths, sorted)."""
+    return sorted({p.relative_to(folder).as_posix() for pattern in patterns for p in folder.glob(pattern)})
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
@@ -488,8 +506,8 @@ class Trainer:
         ``total_steps``: a larger one extends the run, and the data stream, RNG states and constant schedules continue
         exactly as if the run had been planned that long; a cosine learning-rate schedule (or a τ schedule of the
         engine) continues on the new length from the current step, which differs from a run planned that long.
-        Without ``resume``, a ``run_dir`` holding checkpoints is refused (:func:`resume_checkpoint`). Under
-        ``torchrun`` the call runs in :func:`process_group`. Returns the last step's logged values."""
+        Without ``resume``, a ``run_dir`` holding checkpoints or a run's log is refused (:func:`resume_checkpoint`).
+        Under ``torchrun`` the call runs in :func:`process_group`. Returns the last step's logged values."""
         with process_group(self.device) as self.dist:
             return self._fit(resume)
 
