@@ -51,6 +51,30 @@ def test_loss_falls_and_log_columns(tmp_path: Path) -> None:
     assert lrs[0] < lrs[2] and lrs[-1] < lrs[10]  # warm-up, then cosine decay
 
 
+def test_a_failed_log_header_write_leaves_no_partial_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header of log.csv is written atomically: a write that dies half-way leaves no log.csv (a partial header
+    would break every later read of the log)."""
+    real_writer = csv.writer
+
+    def dying_writer(f, *args, **kwargs):
+        writer = real_writer(f, *args, **kwargs)
+
+        class Dying:
+            def writerow(self, row):
+                writer.writerow(list(row)[:2])  # part of the header reaches the file, then the disk is full
+                raise OSError("disk full")
+        return Dying()
+
+    monkeypatch.setattr(csv, "writer", dying_writer)
+    with pytest.raises(OSError, match="disk full"):
+        _trainer(tmp_path).fit()
+    assert not (tmp_path / "log.csv").exists()
+    monkeypatch.setattr(csv, "writer", real_writer)
+    _trainer(tmp_path / "run", steps=2).fit()
+    header = (tmp_path / "run" / "log.csv").read_bytes().split(b"\r\n")[0]
+    assert header.startswith(b"step,epoch,loss,tau,lr,") and len(_rows(tmp_path / "run")) == 2
+
+
 def test_nan_loss_raises_naming_the_step(tmp_path: Path) -> None:
     with pytest.raises(FloatingPointError, match=r"at step 3 of 6"):
         _trainer(tmp_path, model=toy.ToyBYOL(nan_at=3)).fit()

@@ -483,7 +483,7 @@ class Trainer:
     def _write_log(self, row: dict[str, float]) -> None:
         if self._log_columns is None:
             self._log_columns = list(_BASE_COLUMNS) + sorted(k for k in row if k not in _BASE_COLUMNS)
-            with open(self._log_path, "w", newline="") as f:
+            with atomic_writer(self._log_path, "w", newline="") as f:  # a complete header or none; rows appended
                 csv.writer(f).writerow(self._log_columns)
         with open(self._log_path, "a", newline="") as f:
             csv.writer(f).writerow([_fmt(row.get(c, float("nan"))) for c in self._log_columns])
