@@ -452,6 +452,12 @@ class _Item:
     duration_s: float = 0.0
 
 
+# Failures about one input, which become its status=error row while the job goes on: the decoder's AudioError and
+# the ValueError the frontend and the encoder raise for a clip too short for them. Anything else (out of memory, a
+# programming error, an interrupt) propagates: the job stops before its commit and stays resumable.
+_INPUT_ERRORS = (AudioError, ValueError)
+
+
 def _failure(file: str, err: Exception) -> str:
     return str(err) if isinstance(err, AudioError) else f"{file}: {type(err).__name__}: {err}"
 
@@ -498,7 +504,7 @@ def _embed_items(embedder: Embedder, items: list[_Item], frames: bool) -> None:
                 clips = frame_emb.max(dim=1).values + frame_emb.mean(dim=1)
             else:
                 frame_emb, clips = None, embedder.embed_batch(waves)
-        except Exception as err:  # noqa: BLE001 -- reported per file, the run goes on
+        except _INPUT_ERRORS as err:  # reported per file, the run goes on
             for item in group:
                 item.error, item.wave = _failure(item.file, err), None
             continue
@@ -527,7 +533,7 @@ def _embed_in_chunks(embedder: Embedder, item: _Item, blocks: Iterable[torch.Ten
             item.clip, item.frames, item.error = None, None, f"{item.file}: {_NOT_FINITE}"
         elif item.stream:
             item.duration_s = audio_duration(item.file)
-    except Exception as err:  # noqa: BLE001 -- reported per file, the run goes on
+    except _INPUT_ERRORS as err:  # reported per file, the run goes on
         item.error = _failure(item.file, err)
     item.wave, item.stream = None, False
 
@@ -565,7 +571,7 @@ class _Chunks(torch.utils.data.Dataset):
                         item.stream = True
                     else:
                         item.duration_s = len(item.wave) / self.sample_rate
-                except Exception as err:  # noqa: BLE001 -- an unexpected decoder failure is reported per file too
+                except _INPUT_ERRORS as err:  # reported per file, the run goes on
                     item.error = _failure(file, err)
             items.append(item)
         if self.embedder is not None:

@@ -14,6 +14,7 @@ import torch
 import byola
 from byola import embed as embed_mod
 from byola.checkpoint import CheckpointError, save_checkpoint
+from byola import embed_job
 from byola.embed_job import read_embeddings
 from byola.frontend import DEFAULT_BACKEND, LogMelSpectrogram
 from byola.models import build_encoder
@@ -311,6 +312,37 @@ def test_no_readable_input_for_the_statistics_pass_is_a_one_line_error(tmp_path,
                          "--num_workers", "0"], message)
         _one_line_error(["stats", str(tmp_path / "in"), "--checkpoint", str(path)], message)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where, error", [
+    ("decode", TypeError("a programming error")),
+    ("batch", torch.OutOfMemoryError("CUDA out of memory")),
+    ("stream", AssertionError("a broken invariant")),
+])
+def test_only_input_failures_become_error_rows(ckpt, tmp_path, monkeypatch, where, error):
+    """A failure about one input (undecodable, too short for the model) is its status=error row; out of memory or a
+    programming error stops the job before its commit (no manifest), and the same job then completes."""
+    files = [tmp_path / f"{k}.wav" for k in range(3)]
+    for k, path in enumerate(files):
+        sf.write(path, _tone(1.0 + 0.1 * k, seed=k), 16000)
+    short = tmp_path / "short.wav"
+    sf.write(short, _tone(0.02), 16000)  # 320 samples: too short for the log-mel's reflect padding
+    model, out = byola.load(ckpt), tmp_path / "out"
+    job = {"num_workers": 0, "progress": False, "max_load_sec": 0.5 if where == "stream" else 60.0}
+
+    def fail(*args, **kwargs):
+        raise error
+
+    owner, name = {"decode": (embed_job, "load_audio_if_shorter"), "batch": (embed_mod.Embedder, "embed_batch"),
+                   "stream": (embed_mod.Embedder, "_stream_frame_embeddings")}[where]
+    monkeypatch.setattr(owner, name, fail)
+    with pytest.raises(type(error), match=str(error)):
+        model.embed_files([short, *files], out, **job)
+    assert not (out / "manifest.json").exists()
+    monkeypatch.undo()
+    summary = model.embed_files([short, *files], out, **job)
+    assert (summary.ok, summary.failed) == (3, 1) and "too short" in summary.failures[0][1]
+    assert [r["status"] for r in read_embeddings(out).index] == ["error", "ok", "ok", "ok"]
 
 
 def test_frames_at_a_coarser_hop_are_mean_pooled(ckpt, tmp_path):
