@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -304,13 +303,6 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         arch = json.dumps({"encoder": meta["encoder"], "frontend": frontend_config}, sort_keys=True)
         embedder.checkpoint_id = f"random-init:{random_init}:{hashlib.sha256(arch.encode()).hexdigest()[:12]}"
     return embedder
-
-
-def default_checkpoint() -> Path:
-    """The model shipped in the repository's `pretrained/` folder (installed as the package `byola.pretrained`)."""
-    from .hub import shipped_checkpoint
-
-    return shipped_checkpoint()
 
 
 _JOB_NAMES = ("embed_files", "collect_inputs", "read_embeddings", "EmbedSummary", "EmbedOutput", "EmbedJobError",

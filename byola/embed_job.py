@@ -36,8 +36,8 @@ from .decoded import DecodedWaves
 from .embed import Embedder, pool_frames
 from .errors import UsageError
 from .extras import optional_module
-from .files import (FolderBusy, FolderLock, atomic_write_text, atomic_write_with, atomic_writer, file_sha256, fsync_dir,
-                    list_inputs)
+from .files import (FolderBusy, FolderLock, atomic_write_bytes, atomic_write_text, atomic_write_with, atomic_writer,
+                    file_sha256, fsync_dir, list_inputs)
 from .norm import WORKER_CHUNK_FILES, unbatched
 
 INDEX_COLUMNS = ["file", "row", "status", "error", "duration_s"]
@@ -46,7 +46,6 @@ MANIFEST_FORMAT = 1
 FORMATS = ("npy", "parquet")
 PARQUET_DIR = "parquet"
 _STATE_DIR = ".byola_embed"
-_CPU_WORKER_CHUNK = WORKER_CHUNK_FILES
 _SHOWN_FAILURES = 5
 DEFAULT_BATCH_SIZE = 64
 pa = optional_module("pyarrow", "parquet")
@@ -287,8 +286,7 @@ class _State:
         else:
             index_bytes = index_csv(rows)  # everything that can fail is done before the first write
             contents = {"embeddings.npy": lambda path: _save_npy(path, matrix),
-                        "index.csv": lambda path: atomic_write_with(path,
-                                                                    lambda tmp: Path(tmp).write_bytes(index_bytes))}
+                        "index.csv": lambda path: atomic_write_bytes(path, index_bytes)}
         fields = {"settings": self.settings, "rows": len(ok_files), "files": len(files), "failed": len(failures)}
         commit_output(out, contents, {**fields, **({"part": part.to_dict()} if part else {})})
         return len(ok_files), failures
@@ -580,7 +578,7 @@ class _Chunks(torch.utils.data.Dataset):
 
 
 def _chunk_size(batch_size: int, in_workers: bool) -> int:
-    return min(batch_size, _CPU_WORKER_CHUNK) if in_workers else batch_size
+    return min(batch_size, WORKER_CHUNK_FILES) if in_workers else batch_size
 
 
 def default_num_workers(n_files: int, batch_size: int, on_cpu: bool) -> int:

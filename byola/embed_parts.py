@@ -33,7 +33,7 @@ from .embed import Embedder
 from .embed_job import (DEFAULT_BATCH_SIZE, EmbedJobError, EmbedSummary, IncompleteOutput, Part, check_output,
                         commit_output, differences, embed_files, index_csv, parquet_name, pq, printable, shard_block,
                         writing)
-from .files import atomic_link, atomic_write_with, json_digest
+from .files import atomic_link, atomic_write_bytes, atomic_write_with, json_digest
 
 PARTS_DIR = "parts"
 # How long rank 0 waits for the slowest rank before merging (torchrun); the parts stay resumable and mergeable
@@ -166,8 +166,7 @@ def merge_parts(out: str | os.PathLike, count: int | None = None, verify: bool =
             index_bytes = index_csv(rows)
             contents = {"embeddings.npy": lambda path: atomic_write_with(
                             path, lambda tmp: _concatenate_npy([f / "embeddings.npy" for f in folders], tmp, ok, dim)),
-                        "index.csv": lambda path: atomic_write_with(path,
-                                                                    lambda tmp: Path(tmp).write_bytes(index_bytes))}
+                        "index.csv": lambda path: atomic_write_bytes(path, index_bytes)}
         else:
             contents = {parquet_name(part): functools.partial(atomic_link, folder / parquet_name(part))
                         for part, folder in zip(parts, folders)}

@@ -8,9 +8,8 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from tests.conftest import TorchOpCounter
-from byola.augment.image import (BYOLImageAugment, BYOLImageViews, adjust_brightness, adjust_contrast, adjust_hue,
-                                 adjust_saturation, byol_view_pair, color_jitter, default_blur_kernel, gaussian_blur,
-                                 resized_crop, solarize)
+from byola.augment.image import (BYOLImageAugment, BYOLImageViews, adjust_hue, byol_view_pair, color_jitter,
+                                 default_blur_kernel, gaussian_blur, resized_crop, solarize)
 from byola.augment.image import _sample_crops
 
 
@@ -33,19 +32,13 @@ def only(size: int = 12, **kw: object) -> BYOLImageAugment:
 
 # ---------------------------------------------------------------- per-sample ops against torchvision
 
-@pytest.mark.parametrize("ours, theirs, low, high", [
-    (adjust_brightness, TF.adjust_brightness, 0.6, 1.4),
-    (adjust_contrast, TF.adjust_contrast, 0.6, 1.4),
-    (adjust_saturation, TF.adjust_saturation, 0.8, 1.2),
-    (adjust_hue, TF.adjust_hue, -0.5, 0.5),
-])
-def test_color_ops_match_torchvision_sample_by_sample(ours, theirs, low, high) -> None:  # noqa: ANN001
+def test_hue_matches_torchvision_sample_by_sample() -> None:
     x = images(8)
     x[0] = 0.3                                                                # a gray image (hue undefined)
-    factor = low + (high - low) * torch.rand(8, generator=gen(1))
-    out = ours(x, factor)
+    factor = torch.rand(8, generator=gen(1)) - 0.5
+    out = adjust_hue(x, factor)
     for b in range(8):
-        torch.testing.assert_close(out[b], theirs(x[b], float(factor[b])), atol=2e-6, rtol=0)
+        torch.testing.assert_close(out[b], TF.adjust_hue(x[b], float(factor[b])), atol=2e-6, rtol=0)
 
 
 def test_color_jitter_applies_the_ops_in_each_samples_order() -> None:

@@ -9,13 +9,13 @@ import numpy as np
 
 import byola
 from byola.checkpoint import read_metadata
-from byola.embed import default_checkpoint
+from byola.hub import shipped_checkpoint
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def test_default_checkpoint_is_small_and_self_describing():
-    path = default_checkpoint()
+    path = shipped_checkpoint()
     assert path.stat().st_size <= 30 * 2**20
     meta = read_metadata(path)
     assert meta["norm_stats"]["std"] > 0
