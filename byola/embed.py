@@ -84,6 +84,8 @@ class Embedder(nn.Module):
         return 1000.0 * self.frontend.hop_length * self.encoder.frame_hop / self.sample_rate
 
     def set_norm_stats(self, stats: NormStats, source: str = "given") -> None:
+        """Pre-normalize with ``stats`` from now on; ``source`` says where they came from (recorded in an embed
+        job's state, e.g. "checkpoint", "computed from 12 inputs")."""
         self.norm_stats, self.norm_stats_source = stats, source
         self.prenorm = PreNormalization(stats.mean, stats.std).to(self.device)
 

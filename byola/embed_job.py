@@ -309,7 +309,7 @@ def index_csv(rows: list[dict]) -> bytes:
     return text.getvalue().encode("utf-8")
 
 
-def parquet_table(rows: list[dict], matrix: np.ndarray, settings: dict):
+def parquet_table(rows: list[dict], matrix: np.ndarray, settings: dict) -> pa.Table:
     """A `pyarrow.Table` of `rows` (as for `index_csv`): columns ``file, status, error, duration_s`` (null for
     failed files), ``embedding`` (fixed-size list of float32; null for failed files) and, when any row names one,
     ``frames`` (the frames file, relative to OUTDIR). The job's settings go in the schema metadata (``byola``)."""

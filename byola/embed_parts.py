@@ -59,6 +59,7 @@ def parse_shard(text: str | Sequence[int]) -> tuple[int, int]:
 
 
 def part_folder(out: str | os.PathLike, part: Part) -> Path:
+    """The embed_job folder of ``part`` of a sharded job into ``out``: ``out/parts/KKKKK-of-NNNNN``."""
     return Path(out) / PARTS_DIR / part.name
 
 

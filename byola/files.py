@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 PathLike = str | os.PathLike
 
@@ -76,11 +76,13 @@ def atomic_writer(path: PathLike, mode: str = "wb", **open_kwargs) -> Iterator[I
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (`atomic_writer`): readers see the old file or all of ``data``."""
     with atomic_writer(path, "wb") as f:
         f.write(data)
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (`atomic_writer`): readers see the old file or all of ``text``."""
     with atomic_writer(path, "w", encoding="utf-8") as f:
         f.write(text)
 
@@ -136,7 +138,7 @@ def file_sha256(path: PathLike) -> str:
     return h.hexdigest()
 
 
-def json_digest(obj) -> str:
+def json_digest(obj: Any) -> str:
     """Hex SHA-256 of ``obj``'s canonical JSON (sorted keys): a fingerprint of settings."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -157,6 +159,7 @@ class FolderLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        """Take the lock now (creating the lock file if needed); raises `FolderBusy` when another process holds it."""
         fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -169,6 +172,7 @@ class FolderLock:
         self._fd = fd
 
     def release(self) -> None:
+        """Release the lock (nothing happens when it is not held)."""
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None

@@ -159,6 +159,7 @@ def resolve(ref: str | os.PathLike | None, accept_license: bool = False, progres
 
 
 def cached_path(info: ModelInfo) -> Path:
+    """Where a downloaded model ``info`` lives in the cache: ``$BYOLA_CACHE/models/<file>`` (it may not exist yet)."""
     return cache_dir() / "models" / info.file
 
 

@@ -330,6 +330,8 @@ class RunningNorm(nn.Module):
         return (x - self.mean.to(x.dtype)) / std.to(x.dtype)
 
     def stats(self) -> NormStats:
+        """The statistics so far: mean and sample std (ddof 1, the value training normalized with) over ``count``
+        values. Raises ``ValueError`` before two values were seen."""
         count = float(self.count)
         if count < 2:
             raise ValueError("RunningNorm has seen no data yet")

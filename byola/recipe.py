@@ -313,6 +313,7 @@ class Recipe:
 
     @property
     def modality_entry(self) -> Modality:
+        """The recipe's modality (``byola.modalities.MODALITIES[modality]``): its data, views and export."""
         return MODALITIES[self.modality]
 
     def method_spec(self) -> MethodSpec:
@@ -335,6 +336,8 @@ class Recipe:
         return encoder, build_method(self.method.name, encoder, encoder.embed_dim, **self.method.params)
 
     def optimizer(self, params: Any) -> torch.optim.Optimizer:
+        """The recipe's optimizer (``optim.name`` with ``optim``'s other keys) over ``params`` (parameters or parameter
+        groups); the Trainer's optimizer factory."""
         return OPTIMIZERS[self.optim.name](params, **self.optim.params)
 
     def open_keys(self) -> dict[str, list[str] | None]:
