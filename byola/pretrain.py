@@ -159,7 +159,8 @@ def _run(data: Sequence[str] | str, cfg: Recipe, recipe_name: str, out_dir: Path
             accum_steps=train.accum_steps, amp=train.amp, grad_clip=train.grad_clip,
             checkpoint_every=train.checkpoint_every, keep_checkpoints=train.keep_checkpoints, export=export,
             num_workers=pipe.num_workers, pin_memory=None, device=device, progress=train.progress and info.is_main,
-            prefetch_factor=train.prefetch_factor, sync_bn=train.sync_bn, tensorboard=train.tensorboard)
+            prefetch_factor=train.prefetch_factor, sync_bn=train.sync_bn, tensorboard=train.tensorboard,
+            sync_timing=train.sync_timing)
         log.info("training %s (%s, %s) for %d steps (%d batches of %d per epoch per process) on %s", recipe_name,
                  cfg.modality, spec.name, trainer.total_steps, trainer.batches_per_epoch, trainer.batch_size, device)
         trainer.fit(resume=resume)

@@ -43,7 +43,7 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 # Sections whose keys are keyword arguments of the encoder, the method and the optimizer: overrides may add keys.
 OPEN_SECTIONS = ("model", "method", "optim")
 # Values a resumed run may change: they do not change the numbers (or, train.steps / train.epochs, extend the run).
-RESUMABLE = ("train.steps", "train.epochs", "train.progress", "train.tensorboard", "train.device",
+RESUMABLE = ("train.steps", "train.epochs", "train.progress", "train.tensorboard", "train.sync_timing", "train.device",
              "train.checkpoint_every", "train.keep_checkpoints", "train.prefetch_factor", "data.num_workers",
              "data.cache_dir")
 
@@ -105,6 +105,7 @@ class TrainSection:
     device: str | None = None
     progress: bool = True
     tensorboard: bool = _trainer_default("tensorboard")
+    sync_timing: bool = _trainer_default("sync_timing")
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None:

@@ -305,6 +305,30 @@ def test_pretrain_tensorboard_logs_the_loss_of_log_csv(corpus: Path, tmp_path: P
     assert [e.value for e in loss] == pytest.approx([float(r["loss"]) for r in _rows(run)], rel=1e-6)
 
 
+def test_train_sync_timing_reaches_the_trainer_and_may_change_on_resume(corpus: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.sync_timing`` (exact ``views_s`` on a GPU, docs/scaling.md) is a recipe key passed to the Trainer,
+    off by default (the Trainer's default); it does not change the numbers, so a resumed run may switch it."""
+    import byola.pretrain as pretrain_mod
+    from byola.recipe import load as load_recipe_checked
+
+    seen = []
+
+    class Recording(trainer_mod.Trainer):
+        def __init__(self, *args, **kwargs) -> None:
+            seen.append(kwargs["sync_timing"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_mod, "Trainer", Recording)
+    assert load_recipe_checked("byola_v2", {}).train.sync_timing is False
+    run = tmp_path / "run"
+    pretrain([str(corpus)], "byola_v2", str(run), **{**TINY_V2, "train.steps": 3, "train.sync_timing": True})
+    pretrain([str(corpus)], "byola_v2", str(run), resume=True, **{**TINY_V2, "train.steps": 3})
+    assert seen == [True, False]
+    changed = json.loads((run / "resumes.json").read_text())[-1]["changed"]
+    assert changed == {"train.sync_timing": {"then": True, "now": False}}
+
+
 def test_tensorboard_without_the_extra_is_refused_before_data_work(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
