@@ -184,7 +184,8 @@ def main() -> None:
         errs = [run.stderr.read() for run in runs]
         codes = [run.returncode for run in runs]
         refused = [e for c, e in zip(codes, errs) if c != 0]
-        ok = sorted(codes) == [0, 1] and "another byola embed" in refused[0] and "Traceback" not in refused[0] \
+        # A busy folder is a usage error (exit 2, one line).
+        ok = sorted(codes) == [0, 2] and "another byola embed" in refused[0] and "Traceback" not in refused[0] \
             and len(read_embeddings(d / "out").embeddings) == len(many)
         return ok, f"exit codes {codes}; refused one says: {refused[0].strip()[:70] if refused else '-'}"
     m.case("two writers started together", "one refused with a message, the other completes", concurrent)
@@ -251,8 +252,10 @@ def main() -> None:
 
     for opt in (("--batch_size", "0"), ("--batch_size", "-4"), ("--num_workers", "-1")):
         def bad_option(d: Path, opt=opt):
-            done = m.embed(m.inputs, d, extra=opt)
-            return one_line_error(done), f"exit {done.returncode}: {done.stderr.strip()[:80]}"
+            name, value = opt
+            done = m.embed(m.inputs, d, extra=opt if name != "--num_workers" else (), workers=value)
+            return one_line_error(done) and name in done.stderr, \
+                f"exit {done.returncode}: {done.stderr.strip()[:80]}"
         m.case(f"embed {' '.join(opt)}", "one clear line", bad_option)
 
     def missing_input(d: Path):
