@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 from .errors import UsageError
@@ -704,6 +705,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a for a in argv if a != "--debug"]
     prefix = f"byola {argv[0]}" if argv and not argv[0].startswith("-") else "byola"
     keep_freed_memory()
+    # A library warning (skipped unreadable files, a second name of one input, emulated bf16) prints as one line, as
+    # errors do. Only its text is changed: where warnings go (a caller's warnings.catch_warnings) is left as it is.
+    plain_format = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"{prefix}: warning: {message}\n"
     try:
         _run(argv)
     except (UsageError, *_FILE_ERRORS) as err:
@@ -717,6 +722,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"{prefix}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        warnings.formatwarning = plain_format
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -193,11 +194,13 @@ LIST_EXTENSIONS = (".txt", ".lst")
 class Inputs:
     """What a set of input paths expands to: ``files`` (absolute paths as given or found, links not resolved,
     sorted, one per real file) and ``problems`` (path → reason) for entries that cannot be read as files: broken
-    links, non-regular files, unreadable folders. ``missing`` lists inputs given explicitly that do not exist."""
+    links, non-regular files, unreadable folders. ``missing`` lists inputs given explicitly that do not exist;
+    ``aliases`` maps each further name of a file in ``files`` (a link to it, another hard path) to the name kept."""
 
     files: list[str] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def all(self) -> list[str]:
         """Every path to account for (files and problems), sorted."""
@@ -211,11 +214,11 @@ def list_inputs(sources: Iterable[PathLike], extensions: Sequence[str]) -> Input
 
     A file ending in ``.txt`` or ``.lst`` is a list. Files named in a list or given directly are kept whatever
     their extension (an unreadable one is reported by whoever reads it). Two names of the same real file count
-    once (the first in sorted order is kept).
+    once: the first in sorted order is kept, the others are in ``aliases`` and named in one warning.
     """
     extensions = tuple(e.lower() for e in extensions)
     result = Inputs()
-    seen: dict[str, str] = {}
+    names: dict[str, set[str]] = {}  # real file -> the names it was given or found under
 
     def add(path: str) -> None:
         path = os.path.abspath(path)
@@ -233,9 +236,7 @@ def list_inputs(sources: Iterable[PathLike], extensions: Sequence[str]) -> Input
         if not stat.S_ISREG(mode):
             result.problems[path] = "not a regular file"
             return
-        real = os.path.realpath(path)
-        if real not in seen or path < seen[real]:
-            seen[real] = path
+        names.setdefault(os.path.realpath(path), set()).add(path)
 
     def walk(folder: str) -> None:
         def unreadable(err: OSError) -> None:
@@ -273,5 +274,12 @@ def list_inputs(sources: Iterable[PathLike], extensions: Sequence[str]) -> Input
             add(source)
         else:
             result.missing.append(source)
-    result.files = sorted(seen.values())
+    kept = {real: min(given) for real, given in names.items()}
+    result.files = sorted(kept.values())
+    result.aliases = {name: kept[real] for real, given in names.items() for name in sorted(given) if name != kept[real]}
+    if result.aliases:
+        shown = "; ".join(f"{a} is {k}" for a, k in list(result.aliases.items())[:3])
+        more = f" (and {len(result.aliases) - 3} more)" if len(result.aliases) > 3 else ""
+        warnings.warn(f"{len(result.aliases)} input(s) name a file already listed, used once under its first name: "
+                      f"{shown}{more}", stacklevel=2)
     return result

@@ -21,6 +21,7 @@ import torch
 import byola
 from byola import embed as embed_mod
 from byola.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from byola.files import list_inputs
 from tests.conftest import make_tone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -246,8 +247,25 @@ def test_scan_corpus_and_embed_list_inputs_alike(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"in/sub\n{clips[1]}\n")
     for sources in ([folder], [listing, folder]):
-        assert scan_corpus(sources) == embed_mod.collect_inputs(sources)
-    assert str(folder / "broken.wav") in scan_corpus([folder])
+        with pytest.warns(UserWarning, match=r"1 input\(s\) name a file already listed.*00.wav is .*alias.wav"):
+            assert scan_corpus(sources) == embed_mod.collect_inputs(sources)
+    with pytest.warns(UserWarning, match="1 input"):
+        assert str(folder / "broken.wav") in scan_corpus([folder])
+
+
+def test_a_second_name_of_the_same_file_is_said_in_one_line(ckpt, tmp_path):
+    """Two names of one file (a link beside its target) are embedded once, under the first name in sorted order:
+    never silently, the command says which name stood for which, one line, and files.Inputs records it."""
+    clips = _clips(tmp_path / "in", 2)
+    os.symlink(clips[0], tmp_path / "in" / "zz_alias.wav")
+    found = list_inputs([tmp_path / "in"], (".wav",))
+    assert found.aliases == {str(tmp_path / "in" / "zz_alias.wav"): str(clips[0])}
+    done = _cli("embed", str(tmp_path / "in"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"),
+                "--num_workers", "0", "--progress", "False")
+    assert done.returncode == 0, done.stderr
+    assert [r["file"] for r in _index(tmp_path / "out")] == [str(c) for c in clips]
+    said = [line for line in done.stderr.splitlines() if "zz_alias.wav" in line]
+    assert len(said) == 1 and said[0].startswith("byola embed: warning: ") and str(clips[0]) in said[0], done.stderr
 
 
 # -- 7. normalization statistics are explicit and reproducible ----------------------------------------------------
