@@ -38,17 +38,24 @@ def _check(csv_path: Path, n: int) -> list[dict]:
     return rows
 
 
-def test_esc50(tmp_path):
+def _esc50_source(tmp_path: Path, meta: list[tuple[str, int, int, str]], seconds: float = 0.05) -> Path:
+    """An ESC-50 folder in the official layout: meta/esc50.csv with the (filename, fold, target, category) rows and
+    a 44.1 kHz wav per row under audio/."""
     src = tmp_path / "ESC-50-master"
-    meta = [("1-100032-A-0.wav", 1, 0, "dog"), ("1-100038-A-14.wav", 1, 14, "chirping_birds"),
-            ("2-100648-A-43.wav", 2, 43, "chainsaw"), ("5-9032-A-0.wav", 5, 0, "dog")]
     (src / "meta").mkdir(parents=True)
     with open(src / "meta" / "esc50.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
         for name, fold, target, cat in meta:
             w.writerow([name, fold, target, cat, "False", name.split("-")[1], "A"])
-            _wav(src / "audio" / name, sr=44100)
+            _wav(src / "audio" / name, sr=44100, seconds=seconds)
+    return src
+
+
+def test_esc50(tmp_path):
+    meta = [("1-100032-A-0.wav", 1, 0, "dog"), ("1-100038-A-14.wav", 1, 14, "chirping_birds"),
+            ("2-100648-A-43.wav", 2, 43, "chainsaw"), ("5-9032-A-0.wav", 5, 0, "dog")]
+    _esc50_source(tmp_path, meta)
     rows = _check(prepare("esc50", tmp_path, tmp_path / "out" / "esc50"), 4)
     assert [(r["label"], r["fold"]) for r in rows] == [("dog", "1"), ("chirping_birds", "1"), ("chainsaw", "2"),
                                                        ("dog", "5")]
@@ -56,14 +63,8 @@ def test_esc50(tmp_path):
 
 
 def test_esc50_builtin_task_resolves_through_data_root(tmp_path):
-    src = tmp_path / "ESC-50-master"
-    (src / "meta").mkdir(parents=True)
-    with open(src / "meta" / "esc50.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
-        for i in range(50):
-            w.writerow([f"{1 + i % 5}-{i}-A-{i}.wav", 1 + i % 5, i, f"class{i}", "False", i, "A"])
-            _wav(src / "audio" / f"{1 + i % 5}-{i}-A-{i}.wav", sr=44100, seconds=0.01)
+    src = _esc50_source(tmp_path, [(f"{1 + i % 5}-{i}-A-{i}.wav", 1 + i % 5, i, f"class{i}") for i in range(50)],
+                        seconds=0.01)
     prepare("esc50", src, tmp_path / "data" / "esc50", num_workers=2)
     task = load_task("esc50", data_root=tmp_path / "data")
     assert task.unit_sec == 5.0 and len(task.classes) == 50 and len(task.folds()) == 5
@@ -266,14 +267,7 @@ def test_num_workers_zero_runs_in_this_thread_and_negative_is_refused(tmp_path, 
 
     from byola.evaluation import prepare as prep
 
-    src = tmp_path / "ESC-50-master"
-    (src / "meta").mkdir(parents=True)
-    with open(src / "meta" / "esc50.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
-        for i in range(4):
-            w.writerow([f"{1 + i % 2}-{i}-A-{i}.wav", 1 + i % 2, i, f"class{i}", "False", i, "A"])
-            _wav(src / "audio" / f"{1 + i % 2}-{i}-A-{i}.wav", sr=44100)
+    src = _esc50_source(tmp_path, [(f"{1 + i % 2}-{i}-A-{i}.wav", 1 + i % 2, i, f"class{i}") for i in range(4)])
     for bad in (-1, -4):
         with pytest.raises(PrepareError, match=f"num_workers must be 0 .* or a positive integer, got {bad}"):
             prepare("esc50", src, tmp_path / "bad", num_workers=bad)
