@@ -455,7 +455,7 @@ class Commands:
         stats = embedder.fit_norm_stats(files)
         print(f"{stats.mean!r},{stats.std!r}")
 
-    def prepare(self, task: str, src: str, out: str, num_workers: int = 2, **options) -> None:
+    def prepare(self, task: str, src: str, out: str, num_workers: int = 4, **options) -> None:
         """Turn a dataset's official folder layout into a metadata CSV (and 16 kHz copies where needed).
 
         Args:

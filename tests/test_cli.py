@@ -200,3 +200,36 @@ def test_embed_help_states_the_worker_chunk():
     from byola.norm import WORKER_CHUNK_FILES
 
     assert f"min(batch_size, {WORKER_CHUNK_FILES}) files" in " ".join(cli._command_help("embed").split())
+
+
+# A command option and the library parameter it feeds share one default, except these (why, each):
+_DEFAULTS_DIFFER_ON_PURPOSE = {
+    ("embed", "frontend_backend"): "None: the library's DEFAULT_BACKEND; the command also takes 'checkpoint'",
+    ("evaluate", "seeds"): "a count on the command line, the seeds themselves in the library",
+    ("evaluate", "baselines"): "a flag on the command line, label -> embedder factories in the library",
+    ("evaluate", "num_workers"): "the command decodes in one worker process; the library decodes in the caller's "
+                                 "process, safe in notebooks and under other multiprocessing",
+}
+
+
+def test_command_defaults_are_the_library_defaults():
+    import inspect
+
+    from byola import embed, embed_job, norm, pretrain
+    from byola.evaluation import prepare, run
+
+    feeds = {"embed": (embed_job.embed_files, embed.load), "evaluate": (run.evaluate,),
+             "prepare": (prepare.prepare,), "stats": (norm.compute_norm_stats,), "pretrain": (pretrain.pretrain,)}
+    compared, differing = 0, {}
+    for command, functions in feeds.items():
+        options = inspect.signature(getattr(cli.Commands, command)).parameters
+        for function in functions:
+            for name, param in inspect.signature(function).parameters.items():
+                option = options.get(name)
+                if option is None or inspect.Parameter.empty in (option.default, param.default):
+                    continue
+                compared += 1
+                if option.default != param.default and (command, name) not in _DEFAULTS_DIFFER_ON_PURPOSE:
+                    differing[f"{command} --{name}"] = (option.default, f"{function.__module__}.{function.__name__}",
+                                                        param.default)
+    assert compared >= 15 and not differing, differing
