@@ -24,6 +24,7 @@ import difflib
 import inspect
 import os
 import re
+import shlex
 import sys
 import textwrap
 import warnings
@@ -110,6 +111,9 @@ def _embed_one_process(embedder, files: list, out: str, progress: bool, job: dic
 
 class Commands:
     """byola: BYOL for Audio — embed audio files, pretrain on your corpus, evaluate on downstream tasks."""
+
+    def __init__(self, command_line: str | None = None):
+        self._command_line = command_line  # as typed; evaluate records it (provenance.json, results.md)
 
     def embed(self, *inputs: str, model: str | None = None, checkpoint: str | None = None,
               out: str = "byola_embeddings", frames: bool = False, frame_hop_ms: float | None = None,
@@ -343,7 +347,7 @@ class Commands:
                  "logmel-stats": lambda: LogMelStatsEmbedder(device=device)} if baselines else {}
         evaluate(loaded, model_factory(), out, baselines=extra, seeds=tuple(range(seeds)),
                  probe=ProbeConfig(kind=probe, device=device), batch_size=batch_size, num_workers=num_workers,
-                 cache_dir=cache_dir, progress=progress)
+                 cache_dir=cache_dir, progress=progress, command=self._command_line)
         print((Path(out) / "results.md").read_text())
 
     def plot(self, folder: str, out: str | None = None) -> None:
@@ -689,7 +693,7 @@ def _run(argv: list[str]) -> None:
     checked = check_command_line(command, args)
     import fire  # after the checks: fire (with asyncio) takes longer to import than the help takes to print
 
-    fire.Fire(Commands, command=[command] + checked, name="byola")
+    fire.Fire(Commands(shlex.join(["byola", *argv])), command=[command] + checked, name="byola")
 
 
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)

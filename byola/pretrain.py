@@ -15,10 +15,8 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -26,13 +24,13 @@ import torch
 import torch.distributed as dist
 import yaml
 
-import byola
 from byola.checkpoint import save_checkpoint
 from byola.engine.distributed import default_device, dist_info, process_group
 from byola.engine.trainer import Trainer, checkpoint_step, resume_checkpoint
 from byola.files import atomic_write_text
 from byola.modalities import PipelineContext
 from byola.plots import plot_run
+from byola.provenance import device_name, environment, utc_now
 from byola.recipe import Recipe, check_corpus_size, load, resume_changes
 
 __all__ = ["pretrain"]
@@ -137,16 +135,15 @@ def _run(data: Sequence[str] | str, cfg: Recipe, recipe_name: str, out_dir: Path
             "recipe": recipe_name, "config": cfg.to_dict(), "modality": cfg.modality, "method": spec.to_dict(),
             "data": {"sources": [os.path.abspath(s) for s in sources], **pipe.data_info},
             "resumes": history,
-            "byola_version": byola.__version__, "torch_version": torch.__version__,
-            "hardware": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-                         or platform.machine(), "world_size": info.world_size},
+            **environment(),  # byola_version, torch_version, ... (byola.provenance)
+            "hardware": {"device": device_name(device), "world_size": info.world_size},
         }
 
         def export(step: int, final: bool) -> None:
             path = out_dir / ("model.safetensors" if final else f"model-step{step:08d}.safetensors")
             provenance = {**provenance_base, "step": step, "total_steps": trainer.total_steps, "final": final,
                           "wall_time_s": round(time.time() - t_start, 1),
-                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                          "created": utc_now()}
             save_checkpoint(path, encoder, pipe.export_config, pipe.norm_stats(), provenance, modality=cfg.modality)
             periodic = sorted(out_dir.glob("model-step*.safetensors"))
             for old in periodic[:-train.keep_checkpoints]:

@@ -17,7 +17,8 @@ class ClipEmbedder(Protocol):
 
     ``name`` identifies the weights and configuration: it is part of the embedding cache key, so change it whenever
     the embeddings would change (e.g. a checkpoint's content hash plus its frontend config). ``sample_rate`` is the
-    rate of the waveforms it expects (16000 for byola models).
+    rate of the waveforms it expects (16000 for byola models). An optional ``provenance() -> dict`` (json-able)
+    describes it in the report's provenance.json (the checkpoint file and its SHA-256, device, settings).
     """
 
     name: str
@@ -60,6 +61,10 @@ class LogMelStatsEmbedder:
     def fit_norm(self, clips: Iterable[torch.Tensor]) -> None:
         return None
 
+    def provenance(self) -> dict:
+        """The device it computes on (its frontend settings are in ``name``)."""
+        return {"device": str(self.device)}
+
     @torch.no_grad()
     def embed_clips(self, waves: torch.Tensor) -> torch.Tensor:
         mel = self.frontend(waves.to(self.device, torch.float32))
@@ -92,3 +97,23 @@ class ModelEmbedder:
 
     def embed_clips(self, waves: torch.Tensor) -> torch.Tensor:
         return self.model.embed_batch(waves)
+
+    def provenance(self) -> dict:
+        """``norm`` ("fold" or "model"); for a model loaded by ``byola.load``: ``checkpoint`` (the file's absolute
+        path and SHA-256) or, for a random initialization, ``architecture`` (the file its architecture came from),
+        ``model`` (its name: hub name or file stem), ``device`` and ``settings`` (``Embedder.settings()``, whose
+        ``checkpoint_id`` names the weights; without the statistics of the last fold under fold normalization)."""
+        from byola.provenance import file_record
+
+        record: dict = {"norm": "fold" if self.fold_norm else "model"}
+        path = getattr(self.model, "checkpoint_path", None)  # set by byola.load; absent for a model built in memory
+        if path:
+            trained = self.model.checkpoint_id.startswith("sha256:")  # else "random-init:SEED:..." (byola.load)
+            record["checkpoint" if trained else "architecture"] = file_record(path)
+            record["model"] = self.model.model_name
+        if hasattr(self.model, "settings"):  # a byola.embed.Embedder
+            settings = self.model.settings()
+            if self.fold_norm:
+                settings.pop("norm_stats")
+            record.update(device=str(self.model.device), settings=settings)
+        return record

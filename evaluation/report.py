@@ -1,7 +1,8 @@
 """Reports: results.csv (one row per task and embedder), results.md (a GitHub table: tasks × embedders with the
-average), results.json (everything, incl. warnings and the test predictions: `redraw` makes the pictures again
-from it), scores.png (bar chart of every embedder per task) and a confusion-matrix PNG per single-label task and
-embedder."""
+average, details, and how to reproduce it), results.json (everything, incl. warnings and the test predictions:
+`redraw` makes the pictures again from it), provenance.json (environment, command line, settings, checkpoint and
+task CSV SHA-256s), scores.png (bar chart of every embedder per task) and a confusion-matrix PNG per single-label
+task and embedder."""
 from __future__ import annotations
 
 import csv
@@ -181,18 +182,46 @@ def _confusion_path(out: Path, record: dict) -> Path:
     return out / "confusion" / name / f"{record['task']}.png"
 
 
-def write_report(results: Sequence, out_dir: str | Path, plot: Sequence | None = None) -> None:
+def reproduce_markdown(provenance: dict) -> str:
+    """results.md's last section: the command line (when known), byola/torch/Python versions and the hardware,
+    and each checkpoint's SHA-256; provenance.json holds the rest."""
+    env = provenance["environment"]
+    command = provenance["command"]
+    lines = ["## Reproduce", ""]
+    lines += ["```sh", command, "```", ""] if command else ["Run from Python (`byola.evaluation.evaluate`).", ""]
+    gpus = f" with {', '.join(env['gpus'])}" if env["gpus"] else ""
+    lines.append(f"byola {env['byola_version']}, torch {env['torch_version']}, Python {env['python_version']} on "
+                 f"{env['cpu']}{gpus}. Settings, library versions and the task CSVs' SHA-256: provenance.json.")
+    checkpoints = [e for e in provenance["embedders"] if "checkpoint" in e]
+    if checkpoints:
+        lines += ["", "| embedder | checkpoint | SHA-256 |", "|---|---|---|"]
+        lines += [f"| {_cell(e['label'])} | {_cell(e['checkpoint']['path'])} | `{e['checkpoint']['sha256']}` |"
+                  for e in checkpoints]
+    return "\n".join(lines)
+
+
+def write_provenance(provenance: dict, out_dir: str | Path) -> None:
+    """``out_dir``/provenance.json (``evaluation.run.provenance_record``)."""
+    atomic_write_text(Path(out_dir) / "provenance.json", json.dumps(provenance, indent=1))
+
+
+def write_report(results: Sequence, out_dir: str | Path, plot: Sequence | None = None,
+                 provenance: dict | None = None) -> None:
     """Write results.csv, results.md, results.json, scores.png and confusion/<embedder>/<task>.png under
-    ``out_dir`` (confusion matrices for ``plot``, default all results)."""
+    ``out_dir`` (confusion matrices for ``plot``, default all results); with ``provenance``, also provenance.json
+    and a "Reproduce" section at the end of results.md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_results_csv(results, out / "results.csv")
     seeds = max(r.seed_count for r in results)
     spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one probe seed"
+    reproduce = "" if provenance is None else "\n" + reproduce_markdown(provenance) + "\n"
     atomic_write_text(out / "results.md", f"# Evaluation results\n\nScores in % ({spread}).\n\n"
-                                    + markdown_table(results) + "\n\n" + details_markdown(results) + "\n")
+                      + markdown_table(results) + "\n\n" + details_markdown(results) + "\n" + reproduce)
     records = [_record(r) for r in results]
     atomic_write_text(out / "results.json", json.dumps(records, indent=1))
+    if provenance is not None:
+        write_provenance(provenance, out)
     plot_scores(records, out / "scores.png")
     for r in results if plot is None else plot:
         path = _confusion_path(out, _record(r))

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from byola.files import atomic_write_text, commit, file_sha256, new_temp
+from byola.provenance import environment, file_record, utc_now
 
 from .embedders import ClipEmbedder, EmbedderFactory
 from .probe import ProbeConfig, Trial, choose, make_fold_data, run_trials
@@ -256,15 +257,22 @@ def evaluate(tasks: Iterable[str | os.PathLike | Task], embedder_factory: Embedd
              seeds: Sequence[int] = (0, 1, 2), probe: str | ProbeConfig = "linear",
              cache_dir: str | os.PathLike | None = None, crop_seed: int = 0, split_seed: int = 0,
              valid_fraction: float = 0.1, batch_size: int = 64, num_workers: int = 0,
-             audio_loader: AudioLoader | None = None, progress: bool = True) -> list[TaskResult]:
+             audio_loader: AudioLoader | None = None, progress: bool = True,
+             command: str | None = None) -> list[TaskResult]:
     """Score every task with the embedder from ``embedder_factory`` and each of ``baselines`` (label → factory;
-    the main embedder is labelled by its ``name``), writing ``out_dir``/results.csv, results.md, results.json and
-    confusion/<label>/<task>.png after each task.
+    the main embedder is labelled by its ``name``), writing ``out_dir``/results.csv, results.md, results.json,
+    provenance.json and confusion/<label>/<task>.png after each task.
 
     Tasks are built-in names or CSV paths (``unit_sec``/``metric`` override their spec). Embedding caches go to
     ``cache_dir`` (default ``out_dir/cache``). Returns the results in order (embedder-major).
+
+    provenance.json (:func:`provenance_record`; ``command``: the command line, when run from one) describes the
+    run that wrote the results beside it: a rerun into the same folder rewrites both, so they always belong
+    together (``finished`` is null until the last task is scored). Embeddings a rerun takes from the cache
+    (``cache_hits`` in results.csv) were computed by an earlier run with the same cache key: the same embedder
+    ``name`` (a checkpoint's content hash), task CSV content, ``unit_sec``, crop seed and folds.
     """
-    from .report import write_report
+    from .report import write_provenance, write_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,15 +283,45 @@ def evaluate(tasks: Iterable[str | os.PathLike | Task], embedder_factory: Embedd
     factories = ([(None, embedder_factory)] if embedder_factory is not None else []) + list((baselines or {}).items())
     if not factories:
         raise ValueError("nothing to evaluate: give an embedder_factory and/or baselines")
+    cache = Path(cache_dir or out / "cache")
+    record = provenance_record(loaded, command, seeds=seeds, probe=cfg, cache_dir=cache, crop_seed=crop_seed,
+                        split_seed=split_seed, valid_fraction=valid_fraction, batch_size=batch_size,
+                        num_workers=num_workers, audio_loader=audio_loader)
     results: list[TaskResult] = []
     for label, factory in factories:
         embedder = factory()
+        describe = getattr(embedder, "provenance", None)  # optional (ClipEmbedder)
+        record["embedders"].append({"label": label or embedder.name, "name": embedder.name,
+                                    **(describe() if describe else {})})
         for task in loaded:
-            result = run_task(task, embedder, cache_dir or out / "cache", seeds=seeds, probe=cfg,
+            result = run_task(task, embedder, cache, seeds=seeds, probe=cfg,
                               crop_seed=crop_seed, split_seed=split_seed, valid_fraction=valid_fraction,
                               batch_size=batch_size, num_workers=num_workers, audio_loader=audio_loader,
                               progress=progress)
             result.label = label or embedder.name
             results.append(result)
-            write_report(results, out, plot=[result])
+            write_report(results, out, plot=[result], provenance=record)
+    record["finished"] = utc_now()
+    write_provenance(record, out)
     return results
+
+
+def provenance_record(tasks: Sequence[Task], command: str | None = None, *, seeds: Sequence[int],
+                      probe: ProbeConfig, cache_dir: Path, audio_loader: AudioLoader | None, **settings) -> dict:
+    """What provenance.json records of an evaluation (json-able): ``command`` (None when run from Python),
+    ``started``/``finished`` (UTC; ``finished`` None until set), ``environment``
+    (:func:`byola.provenance.environment`), ``settings`` (seeds, the probe's configuration, the cache folder, the
+    audio loader and ``settings``: crop/split seeds, validation fraction, batch size, workers), ``tasks`` (name,
+    the CSV's path and SHA-256, unit_sec, metric, clip and class counts) and ``embedders`` (empty: ``evaluate``
+    adds each as it is made: label, name and its ``provenance()``)."""
+    loader = audio_loader or default_audio_loader
+    loader_name = getattr(loader, "__qualname__", None)
+    return {
+        "command": command, "started": utc_now(), "finished": None, "environment": environment(),
+        "settings": {"seeds": [int(s) for s in seeds], "probe": asdict(probe), **settings,
+                     "cache_dir": str(cache_dir.absolute()),
+                     "audio_loader": f"{loader.__module__}.{loader_name}" if loader_name else repr(loader)},
+        "tasks": [{"name": t.name, "csv": file_record(t.csv_path), "unit_sec": t.unit_sec, "metric": t.metric,
+                   "clips": len(t), "classes": len(t.classes)} for t in tasks],
+        "embedders": [],
+    }

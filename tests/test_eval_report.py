@@ -11,6 +11,7 @@ import pytest
 from byola.evaluation.report import redraw, write_report
 from byola.evaluation.run import TaskResult
 from byola.plots import plot_run
+from byola.provenance import environment
 
 
 def _result(task: str, label: str, score: float, seeds: int, n_classes: int = 4) -> TaskResult:
@@ -40,6 +41,32 @@ def test_results_md_is_a_table_and_one_seed_has_no_spread(tmp_path, seeds):
     assert rows[0][2] == "ckpt\\|v1@abc"
     assert rows[2][2] == ("80.00" if seeds == 1 else "80.00 ± 1.50")
     assert ("±" in md.split("|")[0]) == (seeds > 1)  # the heading names the spread only when there is one
+
+
+def test_results_md_ends_with_how_to_reproduce_it_and_provenance_json_keeps_the_record(tmp_path):
+    env = environment()
+    sha = "ab" * 32
+    provenance = {"command": "byola evaluate a.csv --checkpoint m.safetensors", "environment": env,
+                  "embedders": [{"label": "m|v1", "name": "m|v1", "checkpoint": {"path": "/x/m.safetensors",
+                                                                                  "sha256": sha}},
+                                {"label": "base", "name": "base"}]}
+    results = [_result("a", "m|v1", 70.0, 3), _result("a", "base", 40.0, 3)]
+    write_report(results, tmp_path, provenance=provenance)
+    md = (tmp_path / "results.md").read_text()
+    assert _table_rows(md)[2][2:] == ["70.00 ± 1.50", "40.00 ± 1.50"]  # the score table is unchanged
+    section = md[md.index("\n## Reproduce\n") + 1:].splitlines()
+    assert section[2:5] == ["```sh", provenance["command"], "```"]
+    assert section[6].startswith(f"byola {env['byola_version']}, torch {env['torch_version']}, Python ")
+    assert section[-3:] == ["| embedder | checkpoint | SHA-256 |", "|---|---|---|",
+                            f"| m\\|v1 | /x/m.safetensors | `{sha}` |"]  # only embedders with a checkpoint
+    assert json.loads((tmp_path / "provenance.json").read_text()) == provenance
+
+    write_report(results, tmp_path / "python", provenance={**provenance, "command": None, "embedders": []})
+    section = (tmp_path / "python" / "results.md").read_text().split("## Reproduce\n")[1]
+    assert "Run from Python" in section and "```" not in section and "SHA-256 |" not in section
+    write_report(results, tmp_path / "bare")
+    assert "Reproduce" not in (tmp_path / "bare" / "results.md").read_text()
+    assert not (tmp_path / "bare" / "provenance.json").exists()
 
 
 def test_results_json_redraws_scores_and_confusion_matrices(tmp_path):
@@ -83,11 +110,11 @@ def test_reports_and_pictures_never_write_through_placed_links(tmp_path):
     out = tmp_path / "out"
     results = [_result("a", "model", 70.0, 3), _result("a", "base", 40.0, 3)]
     victims = _plant_links(tmp_path, out, ["results.csv", "results.md", "results.json", "scores.png",
-                                           "confusion/model/a.png", "curves.png"])
+                                           "confusion/model/a.png", "curves.png", "provenance.json"])
     columns = ["step", "epoch", "loss", "tau", "lr"]
     with open(out / "log.csv", "w", newline="") as f:
         csv.writer(f).writerows([columns] + [[s, 0, 1 / s, 0.99, 1e-4] for s in range(1, 11)])
-    write_report(results, out)
+    write_report(results, out, provenance={"command": None, "environment": environment(), "embedders": []})
     plot_run(out)
     for name, victim in victims.items():
         assert victim.read_text() == "precious", name

@@ -3,6 +3,7 @@ cache (reuse, atomicity), evaluate's reports and determinism; plus a real-data c
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,86 @@ def test_evaluate_writes_reports_and_is_deterministic(tmp_path):
                      **kwargs)
     assert [r.seed_scores for r in rerun] == [r.seed_scores for r in results]
     assert all(r.cache_hits == 1 for r in rerun)
+
+
+def test_evaluate_records_provenance_and_a_reproduce_section(tmp_path, tiny_ckpt):
+    import platform
+
+    import sklearn
+
+    import byola
+    from byola.embed import load
+    from byola.files import file_sha256
+
+    csv_path = _dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    command = f"byola evaluate {csv_path} --checkpoint {tiny_ckpt} --unit_sec 0.25"
+    kwargs = dict(unit_sec=0.25, probe=FAST, audio_loader=read_audio, progress=False, crop_seed=3, split_seed=5)
+    evaluate([csv_path], lambda: ModelEmbedder(load(tiny_ckpt), name="tiny@abc"), out, seeds=(0, 1),
+             baselines={"random": lambda: ModelEmbedder(load(tiny_ckpt, random_init=0), name="random"),
+                        "other": lambda: BandEmbedder("other")}, command=command, **kwargs)
+    prov = json.loads((out / "provenance.json").read_text())
+    env = prov["environment"]
+    assert (env["byola_version"], env["torch_version"]) == (byola.__version__, torch.__version__)
+    assert (env["numpy_version"], env["scikit_learn_version"]) == (np.__version__, sklearn.__version__)
+    assert env["python_version"] == platform.python_version()
+    assert prov["command"] == command and prov["started"] <= prov["finished"]
+    settings = prov["settings"]
+    assert settings["seeds"] == [0, 1] and (settings["crop_seed"], settings["split_seed"]) == (3, 5)
+    assert settings["probe"]["lr_grid"] == list(FAST.lr_grid) and settings["probe"]["kind"] == "linear"
+    assert settings["batch_size"] == 64 and settings["audio_loader"] == "tests.test_eval_run.read_audio"
+    (task,) = prov["tasks"]
+    assert task == {"name": "tones", "csv": {"path": str(csv_path.absolute()), "sha256": file_sha256(csv_path)},
+                    "unit_sec": 0.25, "metric": "accuracy", "clips": 36, "classes": 3}
+    model, random, other = prov["embedders"]
+    ckpt = {"path": str(tiny_ckpt.absolute()), "sha256": file_sha256(tiny_ckpt)}
+    assert model["label"] == "tiny@abc|norm=fold" and model["norm"] == "fold" and model["checkpoint"] == ckpt
+    assert model["settings"]["checkpoint_id"] == "sha256:" + file_sha256(tiny_ckpt)
+    assert "norm_stats" not in model["settings"] and model["device"] == "cpu"
+    # random weights: the file gave only the architecture, and is not named as the checkpoint
+    assert random["architecture"] == ckpt and "checkpoint" not in random
+    assert random["settings"]["checkpoint_id"].startswith("random-init:0:")
+    assert other == {"label": "other", "name": "other"}  # an embedder without provenance(): label and name
+    md = (out / "results.md").read_text()
+    reproduce = md[md.index("## Reproduce"):]
+    assert f"```sh\n{command}\n```" in reproduce
+    assert f"byola {byola.__version__}, torch {torch.__version__}" in reproduce
+    assert f"| tiny@abc\\|norm=fold | {tiny_ckpt.absolute()} | `{file_sha256(tiny_ckpt)}` |" in reproduce
+    assert reproduce.count(file_sha256(tiny_ckpt)) == 1  # not for the random initialization
+
+    # A rerun into the same folder rewrites results and provenance together: both describe the latest run.
+    evaluate([csv_path], lambda: BandEmbedder(), out, seeds=(0,), **kwargs)
+    again = json.loads((out / "provenance.json").read_text())
+    assert again["command"] is None and again["settings"]["seeds"] == [0]
+    assert [e["label"] for e in again["embedders"]] == ["bands"]
+    assert "Run from Python" in (out / "results.md").read_text()
+
+
+def test_byola_evaluate_records_its_command_line(tmp_path, tiny_ckpt, capsys):
+    import shlex
+
+    from byola import cli
+
+    argv = ["evaluate", str(_dataset(tmp_path / "data")), "--checkpoint", str(tiny_ckpt), "--unit_sec", "0.25",
+            "--seeds", "1", "--out", str(tmp_path / "my out"), "--progress", "False"]
+    cli.main(argv)
+    prov = json.loads((tmp_path / "my out" / "provenance.json").read_text())
+    assert prov["command"] == shlex.join(["byola", *argv]) and "'" in prov["command"]  # the space quoted
+    assert f"```sh\n{prov['command']}\n```" in capsys.readouterr().out  # results.md, printed
+
+
+def test_provenance_of_an_interrupted_evaluation_says_it_did_not_finish(tmp_path):
+    def broken():
+        raise RuntimeError("no such model")
+
+    with pytest.raises(RuntimeError, match="no such model"):
+        evaluate([_dataset(tmp_path / "data")], lambda: BandEmbedder(), tmp_path / "out", baselines={"x": broken},
+                 unit_sec=0.25, seeds=(0,), probe=FAST, audio_loader=read_audio, progress=False)
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    with open(tmp_path / "out" / "results.csv") as f:
+        labels = [row["label"] for row in csv.DictReader(f)]
+    assert prov["finished"] is None and prov["started"]
+    assert [e["label"] for e in prov["embedders"]] == labels == ["bands"]  # the results it describes
 
 
 class TinyModel(torch.nn.Module):

@@ -11,10 +11,12 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+import byola
 from byola.checkpoint import load_checkpoint
 from byola.embed import load
 from byola.engine import trainer as trainer_mod
 from byola.norm import RunningNorm
+from byola.precision import cpu_model
 from byola.pretrain import pretrain
 from byola.recipe import RECIPES_DIR, load_recipe, resolve_config
 
@@ -111,6 +113,10 @@ def test_pretrain_v2_tiny_end_to_end(corpus: Path, tmp_path: Path) -> None:
     prov = meta["provenance"]
     assert prov["recipe"] == "byola_v2" and prov["step"] == 6 and prov["final"] is True
     assert prov["data"]["files"] == 10 and prov["data"]["unreadable"] == 1
+    assert (prov["byola_version"], prov["torch_version"], prov["numpy_version"]) == \
+        (byola.__version__, torch.__version__, np.__version__)  # byola.provenance.environment()
+    gpu = torch.cuda.is_available()  # the device pretraining picks by default
+    assert prov["hardware"] == {"device": torch.cuda.get_device_name(0) if gpu else cpu_model(), "world_size": 1}
     assert sorted(p.name for p in run.glob("model-step*")) == ["model-step00000003.safetensors"]
     with torch.no_grad():
         emb = encoder(torch.randn(2, 1, 16, 96))
