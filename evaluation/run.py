@@ -285,8 +285,8 @@ def evaluate(tasks: Iterable[str | os.PathLike | Task], embedder_factory: Embedd
         raise ValueError("nothing to evaluate: give an embedder_factory and/or baselines")
     cache = Path(cache_dir or out / "cache")
     record = provenance_record(loaded, command, seeds=seeds, probe=cfg, cache_dir=cache, crop_seed=crop_seed,
-                        split_seed=split_seed, valid_fraction=valid_fraction, batch_size=batch_size,
-                        num_workers=num_workers, audio_loader=audio_loader)
+                               split_seed=split_seed, valid_fraction=valid_fraction, batch_size=batch_size,
+                               num_workers=num_workers, audio_loader=audio_loader)
     results: list[TaskResult] = []
     for label, factory in factories:
         embedder = factory()
@@ -294,8 +294,8 @@ def evaluate(tasks: Iterable[str | os.PathLike | Task], embedder_factory: Embedd
         record["embedders"].append({"label": label or embedder.name, "name": embedder.name,
                                     **(describe() if describe else {})})
         for task in loaded:
-            result = run_task(task, embedder, cache, seeds=seeds, probe=cfg,
-                              crop_seed=crop_seed, split_seed=split_seed, valid_fraction=valid_fraction,
+            result = run_task(task, embedder, cache, seeds=seeds, probe=cfg, crop_seed=crop_seed,
+                              split_seed=split_seed, valid_fraction=valid_fraction,
                               batch_size=batch_size, num_workers=num_workers, audio_loader=audio_loader,
                               progress=progress)
             result.label = label or embedder.name
