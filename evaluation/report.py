@@ -104,6 +104,18 @@ def _name(record: dict) -> str:
     return record.get("label") or record["checkpoint"]
 
 
+def confusion_title(record: dict) -> str:
+    """The title of a confusion matrix: the task and embedder, then what the counts show (the first probe seed's
+    test predictions: its own count and share correct) beside the score reported (the mean over seeds)."""
+    y_true, y_pred = np.asarray(record["y_true"]), np.asarray(record["y_pred"])
+    correct = int((y_true == y_pred).sum())
+    seeds = record["seed_count"]
+    reported = f"{record['metric']} {record['score']:.2f}%" + (f" (mean over {seeds} seeds)" if seeds > 1 else "")
+    return (f"{record['task']}: {_name(record)}\n{reported}\nshown: "
+            f"{'the first seed, ' if seeds > 1 else ''}{correct} of {len(y_true)} test clips correct "
+            f"({100 * correct / max(len(y_true), 1):.2f}%)")
+
+
 def plot_confusion(record: dict, path: Path) -> bool:
     """Confusion matrix of the first seed's test predictions over all folds (rows: true class, columns:
     predicted): colour = fraction of the true class (colour bar), numbers = clip counts (up to 60 classes), class
@@ -131,8 +143,7 @@ def plot_confusion(record: dict, path: Path) -> bool:
                     color="white" if fraction[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{record['task']}: {_name(record)}\n{record['metric']} {record['score']:.2f}%, "
-                 f"{counts.sum()} test clips", fontsize=10)
+    ax.set_title(confusion_title(record), fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
     plt.close(fig)

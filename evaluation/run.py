@@ -30,7 +30,7 @@ from byola.provenance import environment, file_record, utc_now
 
 from .embedders import ClipEmbedder, EmbedderFactory
 from .probe import ProbeConfig, Trial, choose, make_fold_data, run_trials
-from .tasks import Fold, Task, load_task
+from .tasks import Fold, Task, TaskError, load_task
 
 AudioLoader = Callable[[Path, int], torch.Tensor]
 
@@ -63,10 +63,31 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> torch.Tensor | str:
+        """The cropped clip, or the decoding error's one-line message (raised by `clip_batches` in the caller's
+        process: from a DataLoader worker an exception would come back as a multi-line RuntimeError)."""
+        from byola.audio import AudioError
+
         row = self.rows[i]
-        wave = self.loader(self.files[row], self.sample_rate)
+        try:
+            wave = self.loader(self.files[row], self.sample_rate)
+        except AudioError as err:
+            return str(err)
         return crop_or_pad(wave.float(), self.length, self.offsets[row])
+
+
+def _stack_or_error(items: list[torch.Tensor | str]) -> torch.Tensor | str:
+    """A batch of clips, or the first decoding error among them."""
+    error = next((item for item in items if isinstance(item, str)), None)
+    return error if error is not None else torch.stack(items)
+
+
+def clip_batches(task: Task, dataset: ClipDataset, batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:
+    """Batches of ``dataset``'s clips; a clip that cannot be decoded raises a one-line `TaskError` naming it."""
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_stack_or_error):
+        if isinstance(batch, str):
+            raise TaskError(f"task {task.name}: {batch}", "fix or remove that row of the task CSV")
+        yield batch
 
 
 @dataclass
@@ -142,9 +163,8 @@ def embed_fold(task: Task, fold: Fold, embedder: ClipEmbedder, cache_dir: Path, 
     for i in fold.test:
         offsets[i] = None
 
-    def batches(rows: np.ndarray) -> DataLoader:
-        return DataLoader(ClipDataset(task.files, rows, offsets, length, sr, loader), batch_size=batch_size,
-                          num_workers=num_workers)
+    def batches(rows: np.ndarray) -> Iterator[torch.Tensor]:
+        return clip_batches(task, ClipDataset(task.files, rows, offsets, length, sr, loader), batch_size, num_workers)
 
     def train_clips() -> Iterator[torch.Tensor]:
         for batch in batches(fold.train):

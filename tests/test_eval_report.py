@@ -120,3 +120,14 @@ def test_reports_and_pictures_never_write_through_placed_links(tmp_path):
         assert victim.read_text() == "precious", name
         assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name
     assert json.loads((out / "results.json").read_text())[0]["task"] == "a"
+
+
+def test_the_confusion_title_states_the_seed_its_counts_come_from():
+    """The matrix shows one probe seed's predictions: the title gives that seed's own count and accuracy beside
+    the mean over seeds, never the mean alone above counts that do not add up to it."""
+    from byola.evaluation.report import confusion_title
+
+    record = {**_result("digits", "random-init", 91.11, 3).row(), "y_true": [0, 1, 2, 3] * 3 + [0, 1, 2],
+              "y_pred": [0, 1, 2, 3] * 3 + [0, 1, 3], "classes": ["c0", "c1", "c2", "c3"], "label": "random-init"}
+    title = confusion_title(record)
+    assert "14 of 15" in title and "93.33%" in title and "91.11%" in title and "3 seeds" in title, title

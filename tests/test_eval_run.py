@@ -333,3 +333,20 @@ def test_multilabel_task_with_knn_probe_end_to_end(tmp_path):
     assert r.score > 90 and r.lr is None and r.hyper_name == "k" and r.seed_count == 1 and r.y_pred == []
     assert not (tmp_path / "out" / "confusion" / "bands" / "ml.png").exists()  # no confusion matrix for mAP
     assert "| ml | mAP |" in (tmp_path / "out" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_an_unreadable_clip_is_one_line_naming_it(tmp_path, num_workers):
+    """A clip of the task CSV that cannot be decoded stops the task with a TaskError naming the file, also when
+    the decoding runs in a DataLoader worker process (which would wrap it in a multi-line RuntimeError)."""
+    from byola.evaluation.tasks import TaskError
+
+    csv_path = _dataset(tmp_path / "data")
+    (tmp_path / "data" / "audio" / "mid_3.wav").write_bytes(b"not audio")
+    task = load_task(csv_path, unit_sec=0.25)
+    with pytest.raises(TaskError) as caught:
+        run_task(task, BandEmbedder(), tmp_path / "cache", seeds=(0,), probe=FAST, batch_size=8,
+                 num_workers=num_workers, progress=False)
+    message = str(caught.value)
+    assert "mid_3.wav" in message and "\n" not in message and "tones" in message, message
+    assert not list((tmp_path / "cache").rglob("*.npy"))
