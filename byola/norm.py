@@ -138,6 +138,11 @@ def _clip_moments(indexed_items: Iterable[tuple[int, Any]], frontend: LogMelSpec
             # BYOL-A pads short clips with zeros at the end
             start = _crop_start(wave.numel() - unit, crop, (seed, index)) if wave.numel() >= unit else 0
             wave = crop_or_pad(wave, unit, start)
+        try:
+            frontend._check(wave)  # the front end's own rule: a clip too short for it is an input problem
+        except ValueError as err:
+            yield item, AudioError(item if isinstance(item, (str, os.PathLike)) else f"clip {index}", str(err)), None
+            continue
         if pending and (wave.numel() != pending[0][1].numel() or len(pending) == batch_size):
             yield from flush()
         pending.append((item, wave, kept))
@@ -197,7 +202,8 @@ def compute_norm_stats(
     otherwise ignored): one thread per process keeps the pass fast when other jobs share the cores, where a
     multi-threaded process waits for its descheduled threads at every operation.
 
-    A bad file raises :class:`AudioError`; with ``skip_errors=True`` bad files are left out and reported in one
+    A bad file (unreadable, or too short for the front end) raises :class:`AudioError`; with ``skip_errors=True``
+    bad files are left out and reported in one
     warning at the end. ``on_decoded(path, wave)`` is called with each file decoded whole (e.g.
     :meth:`byola.decoded.DecodedWaves.put`, so that a second pass need not decode it again).
     """
@@ -237,7 +243,8 @@ def compute_norm_stats(
 
     if errors:
         shown = "; ".join(str(e) for e in errors[:5]) + ("; ..." if len(errors) > 5 else "")
-        warnings.warn(f"compute_norm_stats skipped {len(errors)} unreadable file(s): {shown}", stacklevel=2)
+        warnings.warn(f"normalization statistics: skipped {len(errors)} unreadable or too short file(s): {shown}",
+                      stacklevel=2)
     if moments.n == 0:
         raise UsageError("no audio to compute normalization statistics from",
                          f"all {len(errors)} unreadable (see the warning)" if errors else "give at least one clip")

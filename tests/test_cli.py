@@ -233,3 +233,40 @@ def test_command_defaults_are_the_library_defaults():
                     differing[f"{command} --{name}"] = (option.default, f"{function.__module__}.{function.__name__}",
                                                         param.default)
     assert compared >= 15 and not differing, differing
+
+
+@pytest.fixture
+def bare_ckpt(tiny_ckpt, tmp_path) -> Path:
+    """tiny_ckpt without normalization statistics (as official weights)."""
+    from byola.checkpoint import load_checkpoint, save_checkpoint
+
+    encoder, meta = load_checkpoint(tiny_ckpt)
+    path = tmp_path / "bare.safetensors"
+    save_checkpoint(path, encoder, meta["frontend"], None, {"source": "test"})
+    return path
+
+
+def test_a_very_short_clip_is_skipped_by_the_statistics_pass(tmp_path, bare_ckpt, capsys):
+    """One 100-sample file among the inputs used to end `embed` and `stats` in a traceback (the front end's
+    reflect padding); it is skipped by the statistics pass, said in its warning, and fails alone in the embedding."""
+    import soundfile as sf
+
+    from tests.conftest import make_tone
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(2):
+        sf.write(clips / f"tone{i}.wav", make_tone(0.5, seed=i), 16000)
+    sf.write(clips / "short.wav", make_tone(0.5)[:100], 16000)
+    done = byola("embed", clips, "--checkpoint", bare_ckpt, "--out", tmp_path / "emb", "--noprogress",
+                 "--num_workers", "0", env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1, done.stderr
+    assert "byola embed: warning: normalization statistics: skipped 1 " in done.stderr
+    assert "short.wav" in done.stderr and "Traceback" not in done.stderr
+    rows = (tmp_path / "emb" / "index.csv").read_text().splitlines()[1:]
+    assert sorted(row.split(",")[2] for row in rows) == ["error", "ok", "ok"]
+    assert [row for row in rows if "short.wav" in row and ",error," in row]
+    done = byola("stats", clips, "--checkpoint", bare_ckpt, env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    mean, std = map(float, done.stdout.split(","))
+    assert std > 0 and "byola stats: warning: normalization statistics: skipped 1 " in done.stderr

@@ -219,3 +219,24 @@ def test_post_normalization():
     assert abs(flat.std().item() - 1) < 1e-5
     const = PostNormalization()(torch.full((2, 1, 4, 4), 5.0))
     assert torch.equal(const, torch.zeros_like(const))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_clip_too_short_for_the_front_end_is_skipped_like_an_unreadable_one(frontend, tmp_path, num_workers):
+    """A 100-sample file used to end the pass in the front end's ValueError (reflect padding needs more than
+    n_fft // 2 samples); it is an input problem, reported like an unreadable file."""
+    good = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    for path, wave in zip(good, _clips(lengths=(16000, 9000))):
+        sf.write(path, wave.numpy(), SR, subtype="FLOAT")
+    short = tmp_path / "short.wav"
+    sf.write(short, _clips(lengths=(100,))[0].numpy(), SR, subtype="FLOAT")
+    items = [good[0], short, good[1]]
+    with pytest.raises(AudioError, match="short.wav: .*too short"):
+        compute_norm_stats(items, frontend, progress=False, num_workers=num_workers)
+    with pytest.warns(UserWarning, match=r"^normalization statistics: skipped 1 .*file\(s\): .*short.wav") as caught:
+        stats = compute_norm_stats(items, frontend, skip_errors=True, progress=False, num_workers=num_workers)
+    assert len(caught) == 1
+    assert stats == compute_norm_stats(good, frontend, progress=False)
+    with pytest.warns(UserWarning, match="skipped 1"):  # a waveform item is named by its position
+        stats = compute_norm_stats([_clips()[1], torch.zeros(100)], frontend, skip_errors=True, progress=False)
+    assert stats == compute_norm_stats([_clips()[1]], frontend, progress=False)
