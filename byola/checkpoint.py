@@ -206,10 +206,17 @@ def load_official_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.T
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such file")
+    if _is_safetensors(path):
+        try:
+            read_metadata(path)
+        except CheckpointError:
+            raise CheckpointError(path, "a safetensors file, not an official BYOL-A .pth") from None
+        raise CheckpointError(path, "already a byola checkpoint: nothing to convert")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for unusable files
-        raise CheckpointError(path, f"cannot read as a weights-only torch file: {type(e).__name__}: {e}") from None
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]  # torch's own text runs to several lines
+        raise CheckpointError(path, f"not a PyTorch state dict ({type(e).__name__}: {first})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -274,18 +281,23 @@ def load_official(src: str | os.PathLike, norm_stats: Any = None) -> tuple[nn.Mo
 
 def load_any(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """A byola ``.safetensors`` checkpoint (:func:`load_checkpoint`) or an official BYOL-A ``.pth`` file
-    (:func:`load_official`, converted in memory), told apart by their first bytes: a safetensors file is the
-    length of its JSON header (8 bytes, little-endian; its first bytes may read like a pickle's or a zip's), then
-    the header, which opens with ``{``."""
+    (:func:`load_official`, converted in memory), told apart by their first bytes (:func:`_is_safetensors`; a
+    safetensors file's first bytes may read like a pickle's or a zip's)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such file")
     with open(path, "rb") as f:
-        head = f.read(9)
-    header_length = int.from_bytes(head[:8], "little")
-    safetensors = len(head) == 9 and head[8:] == b"{" and 8 + header_length <= path.stat().st_size
+        head = f.read(2)
     torch_file = head.startswith(b"PK") or head[:1] == b"\x80"  # zip (torch >= 1.6) or legacy pickle
-    return load_official(path) if torch_file and not safetensors else load_checkpoint(path)
+    return load_official(path) if torch_file and not _is_safetensors(path) else load_checkpoint(path)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether ``path`` opens like a safetensors file: the length of its JSON header (8 bytes, little-endian), then
+    the header, which opens with ``{``."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
 
 
 def convert_official(src: str | os.PathLike, dst: str | os.PathLike, norm_stats: Any = None,

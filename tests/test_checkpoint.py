@@ -224,7 +224,7 @@ def test_malicious_pickle_never_runs(tmp_path):
     assert (tmp_path / "control").exists()
     with pytest.raises(CheckpointError, match="not a safetensors checkpoint"):
         load_checkpoint(evil)
-    with pytest.raises(CheckpointError, match="weights-only"):
+    with pytest.raises(CheckpointError, match="not a PyTorch state dict"):
         load_official_state_dict(evil)
     with pytest.raises(CheckpointError):
         convert_official(evil, tmp_path / "out.safetensors")
@@ -304,3 +304,18 @@ def test_load_any_tells_a_byola_file_from_a_torch_file_by_its_header(tmp_path, s
     assert path.read_bytes().startswith(start)
     meta = load_any(path)[1]
     assert meta["norm_stats"] == {"mean": -6.0, "std": 5.0} and meta["frontend"] == load_checkpoint(path)[1]["frontend"]
+
+
+def test_convert_refuses_what_is_not_an_official_file(tmp_path):
+    """A byola checkpoint given to convert was written out again with wrong metadata (no statistics, the v1
+    backend, official provenance); a text file gave torch's six-line unpickling message."""
+    ckpt = tmp_path / "mine.safetensors"
+    save_checkpoint(ckpt, AudioNTT2020(d=64), FRONTEND, {"mean": -5.0, "std": 4.0}, {"source": "test"})
+    with pytest.raises(CheckpointError, match=r"mine.safetensors: already a byola checkpoint: nothing to convert"):
+        convert_official(ckpt, tmp_path / "x.safetensors")
+    text = tmp_path / "notes.pth"
+    text.write_text("# notes\n" * 50)
+    with pytest.raises(CheckpointError, match=r"notes.pth: not a PyTorch state dict \(UnpicklingError: ") as err:
+        convert_official(text, tmp_path / "x.safetensors")
+    assert "\n" not in str(err.value) and len(str(err.value)) < 200
+    assert not (tmp_path / "x.safetensors").exists()
