@@ -71,6 +71,14 @@ def _check_precision(precision: str) -> None:
         raise UsageError(f"--precision {precision!r} is not a precision", f"use {', '.join(PRECISIONS)}")
 
 
+def _check_frontend_backend(backend: str | None) -> None:
+    from .frontend import BACKENDS
+
+    if backend is not None and backend not in (*BACKENDS, "checkpoint"):
+        raise UsageError(f"--frontend_backend {backend!r} is not a log-mel backend",
+                         f"use {', '.join(BACKENDS)} or checkpoint")
+
+
 def _input_files(inputs) -> list:
     """The audio files of ``inputs`` (files, folders, path lists) by the one input listing; a problem with an
     input is a one-line error."""
@@ -186,6 +194,7 @@ class Commands:
             raise UsageError("no inputs", "give at least one audio file, folder or .txt list")
         check_options(batch_size=batch_size, num_workers=num_workers, format=format)
         _check_precision(precision)
+        _check_frontend_backend(frontend_backend)
         stats = _parse_stats(norm_stats)
         ref = _model_ref(model, checkpoint, accept_license)
         check_device(device)
@@ -476,11 +485,13 @@ class Commands:
 
         if task not in PREPARERS:
             raise UsageError(f"unknown dataset {task!r}", f"use one of {', '.join(PREPARERS)}")
-        accepted = list(inspect.signature(PREPARERS[task]).parameters)[1:]
-        for key in options:
+        accepted = dict(list(inspect.signature(PREPARERS[task]).parameters.items())[1:])
+        for key, value in options.items():
             if key not in accepted:
                 raise UsageError(f"{task} has no option --{key}",
                                  f"its options: {', '.join('--' + a for a in accepted) or 'none'}")
+            if _kind(accepted[key]) != "str":  # fire passes what does not read as a number as a string
+                options[key] = _convert(key, _kind(accepted[key]), str(value), "None" in str(accepted[key].annotation))
         if not Path(src).is_dir():
             raise UsageError(f"{src}: no such folder", f"give the {task} dataset folder as downloaded")
         csv = prepare(task, src, out, num_workers=num_workers, **options)
@@ -726,6 +737,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"{prefix}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:  # stdout went to a command that stopped reading (`byola embed -h | head -2`): quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python reports it again at exit
+        raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports a command stopped by the closed pipe
     finally:
         warnings.formatwarning = plain_format
 

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from byola.audio import AUDIO_EXTENSIONS, AudioError, audio_duration, crop_or_pad, load_audio
+from byola.errors import UsageError
 from byola.files import atomic_writer, list_inputs
 
 __all__ = ["scan_corpus", "probe_files", "RandomCropDataset", "PAD_MODES", "CACHE_DTYPES"]
@@ -38,7 +39,7 @@ def scan_corpus(sources: Iterable[PathLike] | PathLike, extensions: Sequence[str
     folders (relative to the list's folder; blank lines and ``#`` comments ignored). Every path found is returned,
     including entries that cannot be read (broken links, missing listed files, non-regular files): unreadable files
     are the dataset's to report. A source that does not exist raises FileNotFoundError; a corpus with no file
-    raises ValueError.
+    raises :class:`byola.errors.UsageError`.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -48,7 +49,7 @@ def scan_corpus(sources: Iterable[PathLike] | PathLike, extensions: Sequence[str
         raise FileNotFoundError(f"corpus source not found: {found.missing[0]}")
     files = found.all()
     if not files:
-        raise ValueError(f"no audio files ({', '.join(extensions)}) found in {list(map(os.fspath, sources))}")
+        raise UsageError(f"no audio files ({', '.join(extensions)}) found in {', '.join(map(os.fspath, sources))}")
     return files
 
 

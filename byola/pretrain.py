@@ -31,7 +31,7 @@ from byola.files import atomic_write_text
 from byola.modalities import PipelineContext
 from byola.plots import plot_run
 from byola.provenance import device_name, environment, utc_now
-from byola.recipe import Recipe, check_corpus_size, load, resume_changes
+from byola.recipe import Recipe, RecipeError, check_corpus_size, load, resume_changes
 
 __all__ = ["pretrain"]
 
@@ -103,7 +103,11 @@ def _run(data: Sequence[str] | str, cfg: Recipe, recipe_name: str, out_dir: Path
     info = dist_info()
     sources = [data] if isinstance(data, str) else list(data)
     dataset = modality.dataset(cfg.inputs, sources, cfg.seed)
-    check_corpus_size(cfg, len(dataset), info.world_size)
+    total_steps = check_corpus_size(cfg, len(dataset), info.world_size)
+    done = checkpoint_step(resumed_from) if resumed_from is not None else 0
+    if done > total_steps:  # said here, before the statistics pass, rather than by the trainer when it loads
+        raise RecipeError(f"--resume: the run is at step {done}, beyond the {total_steps} steps asked for",
+                          "give more --train.epochs" if train.steps is None else f"give --train.steps {done} or more")
     device = torch.device(train.device) if train.device else default_device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = train.cudnn_benchmark  # fixed crop size: pick fast kernels

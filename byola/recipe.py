@@ -395,17 +395,20 @@ class Recipe:
                 raise RecipeError(f"train.tensorboard: {err}") from None
 
 
-def check_corpus_size(recipe: Recipe, items: int, world_size: int) -> None:
-    """``train.batch_size`` x processes must fit the corpus (one batch at least; the epoch's tail is dropped)."""
+def check_corpus_size(recipe: Recipe, items: int, world_size: int) -> int:
+    """``train.batch_size`` x processes must fit the corpus (one batch at least; the epoch's tail is dropped).
+    Returns the run's optimizer steps (``train.steps``, or those ``train.epochs`` make of this corpus)."""
     needed = recipe.train.batch_size * world_size
     if items < needed:
         raise RecipeError(f"train.batch_size {recipe.train.batch_size} x {world_size} process(es) needs at least "
                           f"{needed} items, the data has {items}: lower train.batch_size")
-    if recipe.train.steps is None:
-        steps = recipe.train.epochs * (items // needed) // recipe.train.accum_steps
-        if steps < 1:
-            raise RecipeError(f"train.epochs {recipe.train.epochs} of {items // needed} batches with train.accum_steps "
-                              f"{recipe.train.accum_steps} make no optimizer step")
+    if recipe.train.steps is not None:
+        return recipe.train.steps
+    steps = recipe.train.epochs * (items // needed) // recipe.train.accum_steps
+    if steps < 1:
+        raise RecipeError(f"train.epochs {recipe.train.epochs} of {items // needed} batches with train.accum_steps "
+                          f"{recipe.train.accum_steps} make no optimizer step")
+    return steps
 
 
 # ------------------------------------------------------------------------------------------------- loading + overrides
@@ -423,7 +426,12 @@ def load_recipe(recipe: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict
     path = path.resolve()
     if path in _seen:
         raise RecipeError(f"recipe {path} inherits from itself (base chain {' -> '.join(map(str, _seen))})")
-    cfg = yaml.safe_load(path.read_text())
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise RecipeError(f"{path}: not valid YAML ({where}{getattr(err, 'problem', None) or err})") from None
     if not isinstance(cfg, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping")
     base = cfg.pop("base", None)

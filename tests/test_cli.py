@@ -270,3 +270,40 @@ def test_a_very_short_clip_is_skipped_by_the_statistics_pass(tmp_path, bare_ckpt
     assert done.returncode == 0, done.stderr
     mean, std = map(float, done.stdout.split(","))
     assert std > 0 and "byola stats: warning: normalization statistics: skipped 1 " in done.stderr
+
+
+def _one_line_error(capsys, args: list[str]) -> str:
+    """The one error line `byola ARGS` prints (exit status 2, no traceback)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"byola {args[0]}: error: "), err
+    return lines[0]
+
+
+def test_more_user_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    """Each of these ended in a Python traceback."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BYOLA_DEBUG", raising=False)
+    line = _one_line_error(capsys, ["embed", EXAMPLES, "--out", "m1", "--frontend_backend", "foo"])
+    assert "--frontend_backend 'foo' is not a log-mel backend: use nnaudio, torchaudio, librosa or checkpoint" \
+        in line and not Path("m1").exists()
+    Path("bad.yaml").write_text("train: [1, 2\n  steps: 3\n")
+    line = _one_line_error(capsys, ["pretrain", EXAMPLES, "--recipe", "bad.yaml", "--out", "r"])
+    assert "bad.yaml: not valid YAML" in line and "line 2" in line
+    Path("empty").mkdir()
+    line = _one_line_error(capsys, ["pretrain", "empty", "--out", "r"])
+    assert "no audio files (.wav, " in line and "found in empty" in line
+    Path("src").mkdir()
+    line = _one_line_error(capsys, ["prepare", "cremad", "src", "out", "--seed=x"])
+    assert line.endswith("error: --seed expects an integer, got 'x'")
+    assert not Path("r").exists() and not Path("out").exists()
+
+
+def test_help_into_a_closed_pipe_exits_quietly():
+    """`byola embed -h | head -c 0` ended in a BrokenPipeError traceback."""
+    done = subprocess.run(f"{sys.executable} -m byola embed -h | head -c 0", shell=True, capture_output=True,
+                          text=True)
+    assert done.stderr == ""

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import byola
 from byola.checkpoint import load_checkpoint
 from byola.embed import load
+from byola.errors import UsageError
 from byola.engine import trainer as trainer_mod
 from byola.norm import RunningNorm
 from byola.precision import cpu_model
@@ -251,7 +252,9 @@ def test_finished_run_extends_as_if_planned_longer(corpus: Path, tmp_path: Path)
     prov = load_checkpoint(extended)[1]["provenance"]
     assert prov["step"] == prov["total_steps"] == 6 and prov["config"]["train"]["steps"] == 6
     assert prov["resumes"] == [{"step": 3, "changed": {"train.steps": {"then": 3, "now": 6}}}]
-    with pytest.raises(ValueError, match="at step 6, beyond the 4 steps"):
+    # a usage error (one line from the command), raised before any data work
+    with pytest.raises(UsageError, match=r"--resume: the run is at step 6, beyond the 4 steps asked for: give "
+                                         r"--train.steps 6 or more"):
         pretrain([str(corpus)], "byola_v2", str(run), resume=True, **{**TINY_V2, "train.steps": 4})
 
 
