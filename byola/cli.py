@@ -71,6 +71,11 @@ def _check_precision(precision: str) -> None:
         raise UsageError(f"--precision {precision!r} is not a precision", f"use {', '.join(PRECISIONS)}")
 
 
+def _check_out_folder(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file, not a folder", "give a folder")
+
+
 def _check_frontend_backend(backend: str | None) -> None:
     from .frontend import BACKENDS
 
@@ -193,6 +198,7 @@ class Commands:
         if not inputs:
             raise UsageError("no inputs", "give at least one audio file, folder or .txt list")
         check_options(batch_size=batch_size, num_workers=num_workers, format=format)
+        _check_out_folder(out)
         _check_precision(precision)
         _check_frontend_backend(frontend_backend)
         stats = _parse_stats(norm_stats)
@@ -267,6 +273,7 @@ class Commands:
         """
         if not data:
             raise UsageError("no data", "give at least one data folder, file or list")
+        _check_out_folder(out)
         from .engine.distributed import dist_info
         from .pretrain import pretrain
 
@@ -315,6 +322,7 @@ class Commands:
             raise UsageError(f"--probe {probe!r} is not a probe", "use linear, mlp or knn")
         if seeds < 1:
             raise UsageError(f"--seeds {seeds}: at least one seed is needed")
+        _check_out_folder(out)
         _check_precision(precision)
         from .engine.distributed import dist_info
 
@@ -665,6 +673,8 @@ def check_command_line(command: str, args: list[str]) -> list[str]:
                 value = "true"
                 if has_value:
                     value, i = args[i], i + 1
+            if any(p.partition("=")[0] == f"--{name}" for p in passthrough):
+                raise UsageError(f"--{name} given twice", "give it once")
             passthrough.append(f"--{name}={value}")
         else:
             raise _unknown(key, list(named), command)

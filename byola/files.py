@@ -42,7 +42,10 @@ def new_temp(path: PathLike) -> str:
     """A new empty file beside ``path``, created exclusively under a unique name (``O_EXCL``) with the permissions
     the user's umask gives new files; `commit` renames it to ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _about(path, err) from None
     try:
         os.fchmod(fd, new_file_mode())
     finally:
@@ -59,7 +62,17 @@ def commit(tmp: PathLike, path: PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as err:
+        raise _about(path, err) from None
+
+
+def _about(path: PathLike, err: OSError) -> OSError:
+    """``err``, raised on the temporary file beside ``path``, restated about ``path`` (the name the user gave)."""
+    reason = {errno.ENOENT: f"folder {Path(path).parent} does not exist", errno.EISDIR: "a folder, not a file",
+              errno.ENOTDIR: f"{Path(path).parent} is not a folder"}.get(err.errno, err.strerror)
+    return OSError(err.errno, reason, os.fspath(path))
 
 
 @contextmanager

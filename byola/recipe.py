@@ -68,6 +68,17 @@ def _unknown_key(key: str, known: Iterable[str], section: str = "", note: str = 
     return _UnknownKey(f"unknown key {prefix}{key}{hint}", f"known keys: {', '.join(known)}{note}")
 
 
+def _scalar_kinds(*targets: Callable[..., Any] | None) -> dict[str, type]:
+    """``{keyword: bool or float}`` for the keywords of ``targets`` whose default is a bool or a number (an int
+    default may take a float value, as torch's ``weight_decay=0``)."""
+    kinds = {}
+    for target in filter(None, targets):
+        for p in inspect.signature(target).parameters.values():
+            if isinstance(p.default, (bool, int, float)):
+                kinds[p.name] = bool if isinstance(p.default, bool) else float
+    return kinds
+
+
 def _keywords(target: Callable[..., Any] | None, *skip: str) -> list[str] | None:
     """The keyword arguments ``target`` names, except ``skip``; None for no target or one taking any (``**``)."""
     params = inspect.signature(target).parameters.values() if target is not None else ()
@@ -360,6 +371,13 @@ class Recipe:
             unknown = sorted(set(getattr(self, section).params) - set(known)) if known is not None else []
             if unknown:
                 raise _unknown_key(unknown[0], known, section)
+        # the type of a value the builders would only compare or multiply (optim.lr='abc'), named by its key
+        for section, targets in (("model", (ENCODERS.get(self.model.name), build_encoder)),
+                                 ("optim", (OPTIMIZERS.get(self.optim.name),))):
+            kinds = _scalar_kinds(*targets)
+            for key, value in getattr(self, section).params.items():
+                if key in kinds and value is not None:
+                    _typed(value, kinds[key], f"{section}.{key}")
         try:
             self.modality_entry.check(self.inputs, self.model.params)
         except ValueError as err:
@@ -486,12 +504,16 @@ def resolve_config(recipe: str | os.PathLike | dict[str, Any], overrides: dict[s
     names when unique in the recipe (``lr``, ``epochs``, ``batch_size``; an ambiguous name such as ``name`` raises
     and lists the dotted candidates). A string given for a non-string value is read as YAML (``"1e-4"``,
     ``"[1.0, 1.5]"``, ``"null"``). New keys are accepted only directly under ``model``, ``method`` and ``optim``
-    (keyword arguments of the encoder, the method and the optimizer).
+    (keyword arguments of the encoder, the method and the optimizer). Two keys naming one value raise.
     """
     raw = copy.deepcopy(recipe) if isinstance(recipe, dict) else load_recipe(recipe)
     cfg = Recipe.from_dict(raw).to_dict()
+    given: dict[tuple[str, ...], str] = {}
     for key, value in (overrides or {}).items():
         path = _key_path(cfg, key)
+        if path in given:  # e.g. train.batch_size and batch_size: one would silently win
+            raise RecipeError(f"{'.'.join(path)} given twice (as {given[path]} and {key})", "give it once")
+        given[path] = key
         node = cfg
         for part in path[:-1]:
             node = node[part]

@@ -185,8 +185,8 @@ def load_task(name_or_csv: str | os.PathLike, unit_sec: float | None = None, met
         csv_path = _data_root(data_root) / spec.csv
         if not csv_path.exists():
             hint = f"; run `byola prepare {spec.prepare} SRC {csv_path.parent}`" if spec.prepare else ""
-            raise TaskError(f"task {key!r}: metadata CSV not found at {csv_path} (data root: set data_root or "
-                            f"$BYOLA_DATA){hint}")
+            raise TaskError(f"task {key!r}: metadata CSV not found at {csv_path} (data root: set --data_root "
+                            f"(data_root= in Python) or $BYOLA_DATA){hint}")
     else:
         csv_path = Path(key)
         if csv_path.suffix.lower() != ".csv" or not csv_path.exists():
@@ -224,9 +224,10 @@ def load_task(name_or_csv: str | os.PathLike, unit_sec: float | None = None, met
     split = fold = None
     if "split" in rows[0]:
         split = np.array([row["split"].strip() for row in rows])
-        bad = sorted(set(split) - set(SPLITS))
+        bad = sorted(set(split.tolist()) - set(SPLITS))
         if bad:
-            raise TaskError(f"{csv_path}: unknown split value(s) {bad}; expected {SPLITS}")
+            raise TaskError(f"{csv_path}: unknown split value(s) {', '.join(map(repr, bad))}; expected "
+                            f"{', '.join(SPLITS)}")
         for s in ("train", "test"):
             if not (split == s).any():
                 raise TaskError(f"{csv_path}: no {s!r} rows")

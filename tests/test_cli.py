@@ -307,3 +307,39 @@ def test_help_into_a_closed_pipe_exits_quietly():
     done = subprocess.run(f"{sys.executable} -m byola embed -h | head -c 0", shell=True, capture_output=True,
                           text=True)
     assert done.stderr == ""
+
+
+def test_messages_name_what_the_user_gave(tmp_path, monkeypatch, capsys, tiny_ckpt):
+    """Messages used to name a temporary file beside the target, say 'File exists' for an --out that is a file, or
+    show Python's comparison error for a recipe value of the wrong type."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BYOLA_DEBUG", raising=False)
+    Path("taken").write_text("a file")
+    for args in (["embed", EXAMPLES], ["evaluate", "fsdd_digit"], ["pretrain", EXAMPLES]):
+        line = _one_line_error(capsys, [*args, "--out", "taken"])
+        assert line.endswith("error: --out taken is a file, not a folder: give a folder"), line
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.csv").write_text("step,loss\n1,0.5\n")
+    line = _one_line_error(capsys, ["plot", "run", "--out", "nonexist/dir/c.png"])
+    assert line.endswith("error: nonexist/dir/c.png: folder nonexist/dir does not exist"), line
+    from tests.test_checkpoint import official_state
+
+    import torch
+
+    torch.save(official_state(1, 64), "v1.pth")
+    Path("folder").mkdir()
+    line = _one_line_error(capsys, ["convert", "v1.pth", "folder", "--overwrite"])
+    assert line.endswith("error: folder: a folder, not a file"), line
+    for option in ("--optim.lr=abc", "--lr=abc"):
+        line = _one_line_error(capsys, ["pretrain", EXAMPLES, option, "--out", "r"])
+        assert line.endswith("error: optim.lr must be a number, got 'abc'"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "run", "taken", "v1.pth"]
+
+
+def test_a_recipe_key_given_twice_is_refused(capsys):
+    """`--train.batch_size=4 --batch_size=8` trained with 8, silently; embed refuses a repeated option."""
+    for twice in (["--train.batch_size=4", "--batch_size=8"], ["--train.steps=2", "--train.steps", "3"],
+                  ["--optim.lr=1e-3", "--optim__lr=1e-4"]):
+        line = _one_line_error(capsys, ["pretrain", EXAMPLES, *twice])
+        key = twice[0][2:].split("=")[0]
+        assert f"{key} given twice" in line, line
