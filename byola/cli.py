@@ -137,12 +137,12 @@ class Commands:
               merge: str | None = None) -> None:
         """Embed audio files, folders (recursive) and text files listing paths.
 
-        Writes OUT/embeddings.npy (float32, one row per embedded file), OUT/index.csv (file,row,status,error,
-        duration_s; one line per input) and, last, OUT/manifest.json: the folder is complete when it exists
-        (`byola.embed.read_embeddings` checks it). Rerunning on the same OUT reuses finished files and refuses
-        other settings. Exits 1 if any file failed. Under torchrun, each rank embeds a part of the sorted inputs on
-        its own device and rank 0 merges the parts into the same OUT one process would write; --shard does one
-        part without torchrun, --merge joins the parts (docs/scaling.md).
+        Writes OUT/embeddings.npy (float32, one row per embedded file), OUT/index.csv
+        (file,row,status,error,duration_s; one line per input) and, last, OUT/manifest.json: the folder is
+        complete when it exists (`byola.embed.read_embeddings` checks it). Rerunning on the same OUT reuses
+        finished files and refuses other settings. Exits 1 if any file failed. Under torchrun, each rank embeds
+        a part of the sorted inputs on its own device and rank 0 merges the parts into the same OUT one process
+        would write; --shard does one part without torchrun, --merge joins the parts (docs/scaling.md).
 
         Args:
             inputs: files, folders and .txt/.lst path lists.
@@ -383,6 +383,9 @@ class Commands:
             byola plot eval
         """
         root = Path(folder)
+        if out is not None and not (root / "log.csv").is_file() and (root / "results.json").is_file():
+            raise UsageError("--out applies to a pretraining run (its curves.png)",
+                             "an evaluation folder's figures are redrawn in place: drop --out")
         if (root / "log.csv").is_file():
             from .plots import plot_run
 
@@ -566,7 +569,7 @@ def _command_help(name: str) -> str:
             if kind == "bool":
                 default = "on" if p.default else "off"
                 if p.default:
-                    flag = f"--{p.name}=false"
+                    flag = f"--{p.name} / --no{p.name}"
             else:
                 default = None if p.default is None else p.default
             text = args.get(p.name, "")
@@ -693,7 +696,10 @@ def check_command_line(command: str, args: list[str]) -> list[str]:
 
 
 def _run(argv: list[str]) -> None:
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a usage mistake, as in other command lines: the overview on stderr, exit status 2
+        print(_overview(), file=sys.stderr)
+        raise SystemExit(2)
+    if argv[0] in ("-h", "--help", "help"):
         topic = argv[1] if len(argv) > 1 and argv[0] == "help" else None
         print(_command_help(topic) if topic in _commands() else _overview())
         return

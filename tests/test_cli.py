@@ -343,3 +343,22 @@ def test_a_recipe_key_given_twice_is_refused(capsys):
         line = _one_line_error(capsys, ["pretrain", EXAMPLES, *twice])
         key = twice[0][2:].split("=")[0]
         assert f"{key} given twice" in line, line
+
+
+def test_no_command_is_a_usage_error_and_help_is_not():
+    done = byola()
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.startswith("usage: byola COMMAND")
+    assert byola("--help").returncode == 0
+
+
+def test_plot_refuses_out_for_an_evaluation_folder(tmp_path, capsys):
+    """--out (curves.png of a run) was silently ignored for an evaluation folder."""
+    (tmp_path / "results.json").write_text("[]")
+    line = _one_line_error(capsys, ["plot", tmp_path, "--out", tmp_path / "x.png"])
+    assert "--out applies to a pretraining run" in line and not (tmp_path / "x.png").exists()
+
+
+def test_help_states_flags_and_defaults_plainly():
+    text = cli._command_help("embed")
+    assert "--progress / --noprogress" in text and "=false" not in text
+    assert "(default: on)" in text and "status,error, duration" not in " ".join(text.split())
