@@ -288,8 +288,9 @@ class Commands:
                  precision: str = "fp32", progress: bool = True, accept_license: bool = False) -> None:
         """Score frozen embeddings on downstream tasks with a linear probe.
 
-        Writes OUT/results.md (a table), OUT/results.csv, OUT/results.json, OUT/scores.png and confusion matrices
-        under OUT/confusion/. Embeddings are cached in OUT/cache and reused on rerun.
+        Writes OUT/results.md (a table, then how to reproduce it), OUT/results.csv, OUT/results.json,
+        OUT/provenance.json (versions, command, settings, checkpoint and task CSV SHA-256s), OUT/scores.png and
+        confusion matrices under OUT/confusion/. Embeddings are cached in OUT/cache and reused on rerun.
 
         Args:
             tasks: built-in task names (see evaluation/README.md) or metadata CSV paths.

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from byola.errors import UsageError
 from byola.files import atomic_write_text, atomic_writer
 from byola.plots import save_figure
 
@@ -244,6 +245,8 @@ def redraw(out_dir: str | Path) -> list[Path]:
     """Draw scores.png and every confusion matrix again from ``out_dir``/results.json; returns the files."""
     out = Path(out_dir)
     records = json.loads((out / "results.json").read_text())
+    if not records:
+        raise UsageError(f"{out / 'results.json'} holds no results yet", "plot it after its first task is scored")
     plot_scores(records, out / "scores.png")
     written = [out / "scores.png"]
     for record in records:

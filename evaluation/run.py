@@ -136,9 +136,10 @@ def _digest(obj) -> str:
 
 def embed_fold(task: Task, fold: Fold, embedder: ClipEmbedder, cache_dir: Path, *, crop_seed: int = 0,
                batch_size: int = 64, num_workers: int = 0, audio_loader: AudioLoader | None = None,
-               progress: bool = True) -> tuple[np.ndarray, dict, bool]:
+               progress: bool = True, label: str | None = None) -> tuple[np.ndarray, dict, bool]:
     """Embeddings ``[N, D]`` of all the task's clips as this fold crops them (read-only memmap), the cache
-    metadata (incl. normalization stats) and whether the cache was reused.
+    metadata (incl. normalization stats) and whether the cache was reused. ``label`` names the embedder on the
+    progress bar (default its ``name``, which may be a long cache identity).
 
     The cache file is written through ``np.lib.format.open_memmap`` batch by batch, so no more than one batch is
     held in RAM, under a temporary name that is renamed into place only once complete.
@@ -178,8 +179,8 @@ def embed_fold(task: Task, fold: Fold, embedder: ClipEmbedder, cache_dir: Path, 
     array = None
     start = 0
     try:
-        for batch in tqdm(batches(np.arange(len(task))), desc=f"{embedder.name} {task.name} {fold.name}: embed",
-                          unit="batch", disable=not progress, leave=False):
+        shown = f"{label or embedder.name} {task.name} {fold.name}: embed"
+        for batch in tqdm(batches(np.arange(len(task))), desc=shown, unit="batch", disable=not progress, leave=False):
             emb = embedder.embed_clips(batch).detach().float().cpu().numpy()
             if array is None:
                 array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
@@ -223,8 +224,9 @@ def _read_cache(path: Path, meta_path: Path, key: str, n: int) -> tuple[tuple[np
 def run_task(task: Task, embedder: ClipEmbedder, cache_dir: str | os.PathLike, *, seeds: Sequence[int] = (0, 1, 2),
              probe: ProbeConfig = ProbeConfig(), crop_seed: int = 0, split_seed: int = 0,
              valid_fraction: float = 0.1, batch_size: int = 64, num_workers: int = 0,
-             audio_loader: AudioLoader | None = None, progress: bool = True) -> TaskResult:
-    """Score one task with one embedder (see the module docstring for the protocol)."""
+             audio_loader: AudioLoader | None = None, progress: bool = True, label: str | None = None) -> TaskResult:
+    """Score one task with one embedder (see the module docstring for the protocol); ``label`` names the embedder
+    on the progress bars (default its ``name``)."""
     t0 = time.perf_counter()
     seeds = tuple(seeds)
     if not seeds:
@@ -234,9 +236,11 @@ def run_task(task: Task, embedder: ClipEmbedder, cache_dir: str | os.PathLike, *
     warnings: list[str] = []
     per_fold: list[list[Trial]] = []
     hits = 0
-    for fold in tqdm(folds, desc=f"{embedder.name} {task.name}", unit="fold", disable=not progress or len(folds) == 1):
+    for fold in tqdm(folds, desc=f"{label or embedder.name} {task.name}", unit="fold",
+                     disable=not progress or len(folds) == 1):
         emb, _, hit = embed_fold(task, fold, embedder, Path(cache_dir), crop_seed=crop_seed, batch_size=batch_size,
-                                 num_workers=num_workers, audio_loader=audio_loader, progress=progress)
+                                 num_workers=num_workers, audio_loader=audio_loader, progress=progress,
+                                 label=label)
         hits += hit
         data = make_fold_data(emb[fold.train], y[fold.train], emb[fold.valid], y[fold.valid], emb[fold.test],
                               y[fold.test], task.classes, task.metric)
@@ -317,7 +321,7 @@ def evaluate(tasks: Iterable[str | os.PathLike | Task], embedder_factory: Embedd
             result = run_task(task, embedder, cache, seeds=seeds, probe=cfg, crop_seed=crop_seed,
                               split_seed=split_seed, valid_fraction=valid_fraction,
                               batch_size=batch_size, num_workers=num_workers, audio_loader=audio_loader,
-                              progress=progress)
+                              progress=progress, label=label or embedder.name)
             result.label = label or embedder.name
             results.append(result)
             write_report(results, out, plot=[result], provenance=record)

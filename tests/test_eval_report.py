@@ -131,3 +131,11 @@ def test_the_confusion_title_states_the_seed_its_counts_come_from():
               "y_pred": [0, 1, 2, 3] * 3 + [0, 1, 3], "classes": ["c0", "c1", "c2", "c3"], "label": "random-init"}
     title = confusion_title(record)
     assert "14 of 15" in title and "93.33%" in title and "91.11%" in title and "3 seeds" in title, title
+
+
+def test_redraw_of_a_folder_without_results_is_one_clear_error(tmp_path):
+    from byola.errors import UsageError
+
+    (tmp_path / "results.json").write_text("[]")
+    with pytest.raises(UsageError, match="holds no results yet"):
+        redraw(tmp_path)

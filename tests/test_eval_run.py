@@ -350,3 +350,12 @@ def test_an_unreadable_clip_is_one_line_naming_it(tmp_path, num_workers):
     message = str(caught.value)
     assert "mid_3.wav" in message and "\n" not in message and "tones" in message, message
     assert not list((tmp_path / "cache").rglob("*.npy"))
+
+
+def test_progress_bars_show_the_label_not_the_cache_identity(tmp_path, capsys):
+    task = load_task(_dataset(tmp_path / "data"), unit_sec=0.25)
+    embedder = BandEmbedder("bands:" + "x" * 200)  # a long cache identity, as the log-mel baseline's
+    run_task(task, embedder, tmp_path / "cache", seeds=(0,), probe=FAST, batch_size=8, audio_loader=read_audio,
+             progress=True, label="bands")
+    shown = capsys.readouterr().err
+    assert "bands tones" in shown and "x" * 200 not in shown, shown[-300:]
