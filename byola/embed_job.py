@@ -9,7 +9,8 @@ matrix beside an old index. A sharded job (`byola.embed_parts`) writes such a fo
 the same commit (`commit_output`).
 
 The resume state lives in ``OUTDIR/.byola_embed``: ``settings.json`` (everything that changes the numbers), shard
-files of finished work, and ``lock`` (an advisory lock: one writer at a time, released when its holder dies).
+files of finished work (each file's record, with its `file_identity` when it was read, and its embedding), and
+``lock`` (an advisory lock: one writer at a time, released when its holder dies).
 Every file is written through `byola.files` (exclusive unique temporary name, fsync, rename).
 """
 from __future__ import annotations
@@ -64,7 +65,8 @@ class IncompleteOutput(EmbedJobError):
 @dataclass
 class EmbedSummary:
     """``ok``/``failed``: files of this job; ``reused``: ok files whose embedding came from an earlier run into the
-    same folder (not recomputed); ``failures``: ``(file, reason)`` of the failed files."""
+    same folder (not recomputed); ``failures``: ``(file, reason)`` of the failed files; ``changed``: files embedded
+    by an earlier run whose `file_identity` has changed since, embedded again."""
 
     ok: int
     failed: int
@@ -72,6 +74,7 @@ class EmbedSummary:
     out: Path
     failures: list[tuple[str, str]]
     merged_parts: int = 0
+    changed: int = 0
 
     def describe(self) -> str:
         """The console summary: counts, the first failed files and where the full list is."""
@@ -80,6 +83,9 @@ class EmbedSummary:
             f"{now} embedded now, {self.reused} reused from an earlier run"
         listed = self.out / ("index.csv" if (self.out / "index.csv").exists() else PARQUET_DIR)
         lines = [f"{self.ok} ok ({done}), {self.failed} failed -> {self.out} (every input is listed in {listed})"]
+        if self.changed:
+            lines.append(f"  {self.changed} changed since the last run (file size or modification time): embedded "
+                         "again")
         for file, reason in self.failures[:_SHOWN_FAILURES]:
             lines.append(f"  failed: {printable(reason if file in reason else f'{file}: {reason}')}")
         if self.failed > _SHOWN_FAILURES:
@@ -236,6 +242,10 @@ class _State:
 
     def done(self, file: str) -> bool:
         return self.records.get(file, {}).get("status") == "ok"
+
+    def changed(self, file: str) -> bool:
+        """``file`` was embedded by an earlier run, but its `file_identity` differs now (or was not recorded)."""
+        return self.done(file) and self.records[file].get("identity") != file_identity(file)
 
     def write(self, records: list[dict], embeddings: list[np.ndarray], dim: int) -> Path:
         """One shard of finished records (ok ones with their embedding, in order)."""
@@ -448,6 +458,7 @@ class _Item:
     error: str = ""
     stream: bool = False
     duration_s: float = 0.0
+    identity: dict | None = None
 
 
 # Failures about one input, which become its status=error row while the job goes on: the decoder's AudioError and
@@ -460,18 +471,41 @@ def _failure(file: str, err: Exception) -> str:
     return str(err) if isinstance(err, AudioError) else f"{file}: {type(err).__name__}: {err}"
 
 
-def _not_a_file(file: str) -> str:
-    """Why ``file`` cannot be opened as an audio file (broken link, folder, FIFO, ...), or "" if it can be tried."""
+def _check_input(file: str) -> tuple[str, dict | None]:
+    """Why ``file`` cannot be opened as an audio file (broken link, folder, FIFO, ...), or "" if it can be tried;
+    and its `file_identity`, from the same `os.stat`, taken before the file is read."""
     try:
-        mode = os.stat(file).st_mode
+        info = os.stat(file)
     except FileNotFoundError:
-        return f"{file}: broken link to {os.readlink(file)}" if os.path.islink(file) else f"{file}: no such file"
+        missing = f"broken link to {os.readlink(file)}" if os.path.islink(file) else "no such file"
+        return f"{file}: {missing}", None
     except OSError as err:
-        return f"{file}: cannot read: {err.strerror}"
-    if stat.S_ISDIR(mode):
+        return f"{file}: cannot read: {err.strerror}", None
+    if stat.S_ISDIR(info.st_mode):
         return f"{file}: a folder, not an audio file" + ("" if os.access(file, os.R_OK | os.X_OK)
-                                                         else " (and not readable)")
-    return "" if stat.S_ISREG(mode) else f"{file}: not a regular file"
+                                                         else " (and not readable)"), None
+    return ("" if stat.S_ISREG(info.st_mode) else f"{file}: not a regular file"), _identity(info)
+
+
+def file_identity(file: str) -> dict | None:
+    """What a rerun compares to notice that ``file`` changed since it was embedded (then it is embedded again, not
+    reused): its size and modification time in ns (`os.stat`, following links), or None if it cannot be stat'ed.
+
+    Not a content hash: that would read every reused file in full on every rerun, about the cost of decoding it,
+    which is the work resuming saves on a large corpus; a stat costs no read. Every write through the file system
+    sets the modification time, so a file rewritten, replaced (``cp``, ``mv``, an editor's save) or a link
+    retargeted is noticed. Not noticed: a change that restores both the size and the modification time to the ns
+    (``touch -r``, ``cp -p`` from a file of the same size and time), or a same-size rewrite within the file
+    system's timestamp granularity (a few ms) of the write before it, while the job was reading the file (the
+    stat is taken before the read)."""
+    try:
+        return _identity(os.stat(file))
+    except OSError:
+        return None
+
+
+def _identity(info: os.stat_result) -> dict:
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
 _NOT_FINITE = "the model's embedding is not finite (NaN or Inf): the checkpoint's weights or normalization " \
@@ -561,7 +595,8 @@ class _Chunks(torch.utils.data.Dataset):
         items = []
         for i in range(k * self.size, min((k + 1) * self.size, len(self.files))):
             file = self.files[i]
-            item = _Item(file, error=_not_a_file(file))
+            error, identity = _check_input(file)
+            item = _Item(file, error=error, identity=identity)
             if not item.error:
                 try:
                     item.wave = self._decode(file)
@@ -666,7 +701,8 @@ def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frame
     state = _State(out, job_settings(embedder, frames, max_load_sec, frame_hop_ms),
                    getattr(embedder, "norm_stats_source", ""))
     had_state = bool(state.shards)
-    todo = [f for f in files if not state.done(f)]
+    changed = {f for f in files if state.changed(f)}
+    todo = [f for f in files if not state.done(f) or f in changed]
     reused = len(files) - len(todo)
     if num_workers is None:
         num_workers = default_num_workers(len(todo), batch_size, on_cpu)
@@ -687,7 +723,8 @@ def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frame
         if item.error:
             pending_records.append({"file": file, "status": "error", "error": item.error, "duration_s": ""})
             return
-        rec = {"file": file, "status": "ok", "error": "", "duration_s": round(item.duration_s, 4)}
+        rec = {"file": file, "status": "ok", "error": "", "duration_s": round(item.duration_s, 4),
+               "identity": item.identity}
         if item.frames is not None:
             name = frames_name(file)
             (out / name).parent.mkdir(parents=True, exist_ok=True)
@@ -714,4 +751,5 @@ def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frame
     if had_state:
         state.compact(embedder.embed_dim)
     ok, failures = state.commit(out, files, embedder.embed_dim, format, part)
-    return EmbedSummary(ok=ok, failed=len(failures), reused=reused, out=out, failures=failures)
+    return EmbedSummary(ok=ok, failed=len(failures), reused=reused, out=out, failures=failures,
+                        changed=len(changed))

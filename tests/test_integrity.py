@@ -268,6 +268,58 @@ def test_a_second_name_of_the_same_file_is_said_in_one_line(ckpt, tmp_path):
     assert len(said) == 1 and said[0].startswith("byola embed: warning: ") and str(clips[0]) in said[0], done.stderr
 
 
+def test_a_file_changed_since_the_last_run_is_embedded_again(ckpt, tmp_path):
+    """A rerun never reuses the embedding of a file whose content changed (another size, or the same size
+    rewritten): it embeds it again and says so; an unchanged file is reused."""
+    paths = _clips(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    model = byola.load(ckpt)
+    run = dict(num_workers=0, progress=False)
+    model.embed_files(paths, out, **run)
+    size = paths[2].stat().st_size
+    shutil.copyfile(paths[0], paths[1])  # `cp 00.wav 01.wav`: another clip, another size
+    sf.write(paths[2], make_tone(0.7, freq=900, seed=99), 16000)  # rewritten in place, same size
+    assert paths[2].stat().st_size == size
+    summary = model.embed_files(paths, out, **run)
+    assert (summary.ok, summary.reused, summary.changed) == (3, 1, 2)
+    assert "2 changed since the last run" in summary.describe()
+    rows, matrix = _index(out), np.load(out / "embeddings.npy")
+    fresh = tmp_path / "fresh"
+    model.embed_files(paths, fresh, **run)
+    assert rows == _index(fresh)  # the durations of the new contents
+    np.testing.assert_allclose(matrix, np.load(fresh / "embeddings.npy"), rtol=0, atol=1e-6)
+    assert model.embed_files(paths, out, **run).reused == 3  # recorded again: unchanged now
+
+
+def test_a_rerun_with_fewer_inputs_says_what_it_left_out(ckpt, tmp_path):
+    """Files of earlier runs that are not among the inputs are left out of the new output, in one line; they stay
+    in the resume state and are reused by a later run that includes them."""
+    paths = _clips(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    model = byola.load(ckpt)
+    run = dict(num_workers=0, progress=False)
+    model.embed_files(paths, out, **run)
+    fewer = model.embed_files(paths[:1], out, **run)
+    assert (fewer.ok, fewer.left_out) == (1, 2) and len(_index(out)) == 1
+    said = [line for line in fewer.describe().splitlines() if "not among these inputs" in line]
+    assert len(said) == 1 and said[0].lstrip().startswith("2 files of earlier runs"), fewer.describe()
+    again = model.embed_files(paths, out, **run)
+    assert (again.reused, again.left_out) == (3, 0) and "not among" not in again.describe()
+
+
+@pytest.mark.parametrize("first, then", [("parquet", "npy"), ("npy", "parquet")])
+def test_switching_format_removes_the_other_formats_files(ckpt, tmp_path, first, then):
+    paths = _clips(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    model = byola.load(ckpt)
+    model.embed_files(paths, out, num_workers=0, progress=False, format=first)
+    model.embed_files(paths, out, num_workers=0, progress=False, format=then)
+    left = sorted(str(p.relative_to(out)) for p in out.iterdir() if p.name != ".byola_embed")
+    assert left == (["embeddings.npy", "index.csv", "manifest.json"] if then == "npy" else
+                    ["manifest.json", "parquet"])
+    assert len(embed_mod.read_embeddings(out).index) == 2
+
+
 # -- 7. normalization statistics are explicit and reproducible ----------------------------------------------------
 def test_statistics_computed_from_inputs_are_recorded_and_reused(bare_ckpt, tmp_path):
     paths = _clips(tmp_path / "in", 4)
