@@ -66,7 +66,9 @@ class IncompleteOutput(EmbedJobError):
 class EmbedSummary:
     """``ok``/``failed``: files of this job; ``reused``: ok files whose embedding came from an earlier run into the
     same folder (not recomputed); ``failures``: ``(file, reason)`` of the failed files; ``changed``: files embedded
-    by an earlier run whose `file_identity` has changed since, embedded again."""
+    by an earlier run whose `file_identity` has changed since, embedded again; ``left_out``: files recorded by
+    earlier runs into the same folder that are not among this job's inputs (not in its output; their records stay
+    in the resume state)."""
 
     ok: int
     failed: int
@@ -75,6 +77,7 @@ class EmbedSummary:
     failures: list[tuple[str, str]]
     merged_parts: int = 0
     changed: int = 0
+    left_out: int = 0
 
     def describe(self) -> str:
         """The console summary: counts, the first failed files and where the full list is."""
@@ -86,6 +89,11 @@ class EmbedSummary:
         if self.changed:
             lines.append(f"  {self.changed} changed since the last run (file size or modification time): embedded "
                          "again")
+        if self.left_out:
+            many = self.left_out != 1
+            lines.append(f"  {self.left_out} file{'s' * many} of earlier runs into {self.out} {'are' if many else 'is'}"
+                         f" not among these inputs: left out of this output (kept in {self.out / _STATE_DIR}, reused "
+                         "by a later run that includes them)")
         for file, reason in self.failures[:_SHOWN_FAILURES]:
             lines.append(f"  failed: {printable(reason if file in reason else f'{file}: {reason}')}")
         if self.failed > _SHOWN_FAILURES:
@@ -752,4 +760,4 @@ def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frame
         state.compact(embedder.embed_dim)
     ok, failures = state.commit(out, files, embedder.embed_dim, format, part)
     return EmbedSummary(ok=ok, failed=len(failures), reused=reused, out=out, failures=failures,
-                        changed=len(changed))
+                        changed=len(changed), left_out=len(state.records.keys() - set(files)))
