@@ -356,7 +356,8 @@ def _output_files(out: Path) -> list[str]:
 
 def commit_output(out: Path, contents: Mapping[str, Callable[[Path], None]], fields: dict) -> None:
     """Replace ``out``'s output as one commit: remove the manifest (from then on the folder reads as incomplete),
-    remove output files of an earlier run that ``contents`` does not name (the other format, other parts), make
+    remove output files of an earlier run that ``contents`` does not name (the other format, other parts; and the
+    ``parquet`` folder when that leaves it empty), make
     each file of ``contents`` (name → a function writing ``out/name`` atomically), then write the manifest naming
     their sizes and SHA-256, ``fields`` and the next generation number."""
     manifest_path = out / MANIFEST
@@ -366,6 +367,10 @@ def commit_output(out: Path, contents: Mapping[str, Callable[[Path], None]], fie
     for name in _output_files(out):
         if name not in contents:
             (out / name).unlink()
+    parquet_dir = out / PARQUET_DIR
+    if parquet_dir.is_dir() and not any(Path(name).parent == Path(PARQUET_DIR) for name in contents) and \
+            not any(parquet_dir.iterdir()):
+        parquet_dir.rmdir()  # the other format's folder, now empty
     for name, make in contents.items():
         (out / name).parent.mkdir(exist_ok=True)
         make(out / name)
