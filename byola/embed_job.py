@@ -21,7 +21,10 @@ import json
 import math
 import os
 import re
+import signal
 import stat
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,9 @@ PARQUET_DIR = "parquet"
 _STATE_DIR = ".byola_embed"
 _SHOWN_FAILURES = 5
 DEFAULT_BATCH_SIZE = 64
+# Finished files are saved to the resume state at least this often (and every `flush_every` files), so slow files
+# do not keep work unsaved for long; a save writes one small shard.
+FLUSH_SECONDS = 60.0
 pa = optional_module("pyarrow", "parquet")
 pq = optional_module("pyarrow.parquet", "parquet")
 
@@ -219,7 +225,8 @@ def recorded_norm_stats(out: str | os.PathLike) -> tuple[float, float] | None:
 
 
 class _State:
-    """Finished work kept as shard files under OUTDIR/.byola_embed, so an interrupted run loses nothing."""
+    """Finished work kept as shard files under OUTDIR/.byola_embed, so an interrupted run loses nothing that was
+    saved (`embed_files` says when it saves)."""
 
     def __init__(self, out: Path, settings: dict, norm_stats_source: str) -> None:
         self.dir = out / _STATE_DIR
@@ -625,6 +632,65 @@ class _Chunks(torch.utils.data.Dataset):
         return items
 
 
+class _StopSignals:
+    """While a job runs in the main thread: SIGINT raises `KeyboardInterrupt` (as by default) and SIGTERM raises
+    ``SystemExit(143)`` (the status a shell reports for a process SIGTERM ends) instead of ending the process on
+    the spot, so the job saves its finished files on the way out and every ``finally`` runs. Inside `deferred`,
+    both wait for its end, so a second Ctrl-C does not cut a save short. Handlers someone else installed (or an
+    ignored signal) are left alone."""
+
+    _DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
+    def __init__(self) -> None:
+        self._previous: dict[int, object] = {}
+        self._deferring = False
+        self._caught: int | None = None
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum, default in self._DEFAULTS.items():
+                if signal.getsignal(signum) is default:
+                    self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self._deferring:
+            self._caught = self._caught or signum
+        else:
+            self._stop(signum)
+
+    @staticmethod
+    def _stop(signum: int) -> None:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+            caught, self._caught = self._caught, None
+            if caught:
+                self._stop(caught)
+
+
+def _worker_stops_quietly(worker_id: int) -> None:
+    """In a worker: SIGTERM ends it as Ctrl-C does (torch's worker loop exits quietly), so a SIGTERM sent to the
+    whole job (a scheduler's cancel) stops the workers without a traceback while this process saves its work."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def _raise_keyboard_interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _chunk_size(batch_size: int, in_workers: bool) -> int:
     return min(batch_size, WORKER_CHUNK_FILES) if in_workers else batch_size
 
@@ -661,10 +727,17 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str
     blocks. With `frames=True`, each ok file's frame embeddings and their timestamps (ms) go to
     `out/frames/<absolute path of the file>.npz` (`embeddings`, `timestamps_ms`), also named in index.csv's
     `frames` column, at the model's frame hop or at `frame_hop_ms` (a multiple of it; frames are mean-pooled, see
-    `Embedder.frames_at_hop`; the clip embeddings do not change). Finished work is saved in shards every
-    `flush_every` files, so rerunning on the same `out` reuses it; failed files are recorded with their error and
-    retried on the next run. A second job into the same `out` while one runs, or one with settings that change the
-    numbers (`job_settings`), raises `EmbedJobError`.
+    `Embedder.frames_at_hop`; the clip embeddings do not change).
+
+    Finished work is saved to the resume state every `flush_every` files and at least every `FLUSH_SECONDS`, and
+    when the job stops early: on an exception, on Ctrl-C (`KeyboardInterrupt`) and on SIGTERM (`SystemExit(143)`,
+    when called from the main thread: `_StopSignals`); rerunning on the same `out` reuses it. A kill -9 (or a
+    crash of the machine) loses only the finished files not saved yet: fewer than `flush_every`, all finished
+    within `FLUSH_SECONDS` after the last save. Stopped either way, files still in worker processes (being
+    embedded, or done but not yet handed over) are embedded again by the rerun. A file whose `file_identity`
+    changed since it was embedded is embedded again. Failed files are recorded with their error and retried on the
+    next run. A second job into the same `out` while one runs, or one with settings that change the numbers
+    (`job_settings`), raises `EmbedJobError`.
 
     `num_workers` DataLoader worker processes (default `default_num_workers`: none for files that fit in one chunk,
     else one per CPU core on a CPU model, 2 on an accelerator) decode the files. On a CPU model they also run the
@@ -727,15 +800,16 @@ def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frame
     # Out of order: the next chunk goes to whichever worker is free, so one slowed by a competing job does not
     # hold up the others (records are matched to files by name; `commit` writes them in the input order).
     loader = torch.utils.data.DataLoader(chunks, batch_size=None, collate_fn=unbatched, num_workers=num_workers,
-                                         prefetch_factor=2 if num_workers else None, in_order=False)
-    pending_records: list[dict] = []
-    pending_emb: list[np.ndarray] = []
+                                         prefetch_factor=2 if num_workers else None, in_order=False,
+                                         worker_init_fn=_worker_stops_quietly)
+    # Finished files not saved yet, as (record, clip embedding or None): one append each, so a signal arriving
+    # anywhere leaves records and embeddings paired.
+    pending: list[tuple[dict, np.ndarray | None]] = []
 
-    def record(item: _Item) -> None:
+    def record(item: _Item) -> tuple[dict, np.ndarray | None]:
         file = item.file
         if item.error:
-            pending_records.append({"file": file, "status": "error", "error": item.error, "duration_s": ""})
-            return
+            return {"file": file, "status": "error", "error": item.error, "duration_s": ""}, None
         rec = {"file": file, "status": "ok", "error": "", "duration_s": round(item.duration_s, 4),
                "identity": item.identity}
         if item.frames is not None:
@@ -745,22 +819,30 @@ def _run(embedder: Embedder, files: list[str], out: Path, batch_size: int, frame
             with atomic_writer(out / name) as f:
                 np.savez(f, embeddings=embeddings.numpy().astype(np.float32), timestamps_ms=timestamps_ms.numpy())
             rec["frames"] = name
-        pending_records.append(rec)
-        pending_emb.append(item.clip.numpy())
+        return rec, item.clip.numpy()
 
-    with tqdm(total=len(todo), desc="embed", unit="file", disable=not progress) as bar:
-        for items in loader:
-            if not in_workers:
-                _embed_items(embedder, items, frames)
-            for item in items:
-                record(item)
-            bar.update(len(items))
-            if len(pending_records) >= flush_every:
-                state.write(list(pending_records), list(pending_emb), embedder.embed_dim)
-                pending_records.clear()
-                pending_emb.clear()
-        if pending_records:
-            state.write(pending_records, pending_emb, embedder.embed_dim)
+    def save() -> None:
+        if pending:
+            state.write([rec for rec, _ in pending], [emb for _, emb in pending if emb is not None],
+                        embedder.embed_dim)
+            pending.clear()
+
+    with tqdm(total=len(todo), desc="embed", unit="file", disable=not progress) as bar, _StopSignals() as stops:
+        try:
+            saved_at = time.monotonic()
+            for items in loader:
+                if not in_workers:
+                    _embed_items(embedder, items, frames)
+                for item in items:
+                    pending.append(record(item))
+                bar.update(len(items))
+                if len(pending) >= flush_every or time.monotonic() - saved_at >= FLUSH_SECONDS:
+                    with stops.deferred():
+                        save()
+                    saved_at = time.monotonic()
+        finally:  # also when stopped (Ctrl-C, SIGTERM, an error): what is finished is kept
+            with stops.deferred():
+                save()
     if had_state:
         state.compact(embedder.embed_dim)
     ok, failures = state.commit(out, files, embedder.embed_dim, format, part)

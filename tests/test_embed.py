@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +207,72 @@ def test_interrupted_run_resumes_without_loss(ckpt, tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "embeddings.npy"),
                                   np.load(tmp_path / "ref" / "embeddings.npy"))
     assert _read_index(tmp_path / "out") == _read_index(tmp_path / "ref")
+
+
+_STOPPED_AT_THE_4TH_FILE = """
+import signal, sys, time
+from pathlib import Path
+from byola.cli import main
+from byola.embed import Embedder
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, also when the tests run in background
+original, calls = Embedder.embed_batch, []
+def fourth_waits(self, waves):
+    calls.append(len(waves))
+    if len(calls) == 4:
+        Path(sys.argv[1]).touch()
+        time.sleep(300)  # until the signal
+    return original(self, waves)
+Embedder.embed_batch = fourth_waits
+main(["embed", *sys.argv[2:], "--batch_size", "1", "--num_workers", "0", "--progress", "false"])
+"""
+
+
+@pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_ctrl_c_or_sigterm_saves_the_finished_files(ckpt, tmp_path, stop, status):
+    """`byola embed` stopped by Ctrl-C or SIGTERM while embedding its 4th file (of 7, far fewer than flush_every)
+    saves the 3 finished ones before it exits: the rerun reuses them."""
+    paths = []
+    for k in range(7):
+        paths.append(tmp_path / "in" / f"{k:02d}.wav")
+        paths[-1].parent.mkdir(exist_ok=True)
+        sf.write(paths[-1], _tone(0.6 + 0.1 * k, seed=k), 16000)
+    out, waiting = tmp_path / "out", tmp_path / "waiting"
+    job = subprocess.Popen([sys.executable, "-c", _STOPPED_AT_THE_4TH_FILE, str(waiting), str(tmp_path / "in"),
+                            "--checkpoint", str(ckpt), "--out", str(out)],
+                           env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not waiting.exists():
+            assert job.poll() is None and time.time() < deadline, job.stderr.read()
+            time.sleep(0.05)
+        job.send_signal(stop)
+        assert job.wait(timeout=60) == status, job.stderr.read()
+    finally:
+        job.kill()
+        job.wait()
+    assert "Traceback" not in job.stderr.read()
+    assert not (out / "manifest.json").exists()
+    resumed = byola.load(ckpt).embed_files(paths, out, batch_size=1, num_workers=0, progress=False)
+    assert (resumed.ok, resumed.reused) == (7, 3)
+
+
+def test_finished_files_are_saved_at_least_every_flush_seconds(ckpt, tmp_path, monkeypatch):
+    """Slow files are saved on a time basis too, not only every flush_every files (what a kill -9 can lose)."""
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"{k:02d}.wav")
+        sf.write(paths[-1], _tone(0.6 + 0.1 * k, seed=k), 16000)
+    saved = []
+    write = embed_job._State.write
+    monkeypatch.setattr(embed_job._State, "write", lambda self, records, *a: saved.append(len(records)) or
+                        write(self, records, *a))
+    monkeypatch.setattr(embed_job, "FLUSH_SECONDS", 0.0)
+    byola.load(ckpt).embed_files(paths, tmp_path / "out", batch_size=1, num_workers=0, progress=False)
+    assert saved == [1, 1, 1]
+    monkeypatch.setattr(embed_job, "FLUSH_SECONDS", 3600.0)
+    saved.clear()
+    byola.load(ckpt).embed_files(paths, tmp_path / "out2", batch_size=1, num_workers=0, progress=False)
+    assert saved == [3]
 
 
 def test_out_dir_from_other_settings_is_refused(ckpt, tone_wav, tmp_path):
