@@ -26,7 +26,7 @@ import stat
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -74,7 +74,7 @@ class EmbedSummary:
     same folder (not recomputed); ``failures``: ``(file, reason)`` of the failed files; ``changed``: files embedded
     by an earlier run whose `file_identity` has changed since, embedded again; ``left_out``: files recorded by
     earlier runs into the same folder that are not among this job's inputs (not in its output; their records stay
-    in the resume state)."""
+    in the resume state); ``notes``: more lines for the user (`byola.embed_parts.embed_part`)."""
 
     ok: int
     failed: int
@@ -84,6 +84,7 @@ class EmbedSummary:
     merged_parts: int = 0
     changed: int = 0
     left_out: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """The console summary: counts, the first failed files and where the full list is."""
@@ -100,6 +101,7 @@ class EmbedSummary:
             lines.append(f"  {self.left_out} file{'s' * many} of earlier runs into {self.out} {'are' if many else 'is'}"
                          f" not among these inputs: left out of this output (kept in {self.out / _STATE_DIR}, reused "
                          "by a later run that includes them)")
+        lines += [f"  {note}" for note in self.notes]
         for file, reason in self.failures[:_SHOWN_FAILURES]:
             lines.append(f"  failed: {printable(reason if file in reason else f'{file}: {reason}')}")
         if self.failed > _SHOWN_FAILURES:

@@ -7,7 +7,8 @@ scheduler (`embed_part`, then `merge_parts` once all are complete), on any machi
 - Shard: part K of N embeds a contiguous run of about T/N of the T inputs in the order given (the sorted listing
   of `byola.files.list_inputs` from the command line; `shard_bounds`), so the parts in order are the single
   process's order; balanced by file count (not by duration); cut at multiples of `byola.embed_job.shard_block`,
-  so each part makes the same model batches as one process would, hence the same bytes.
+  so each part makes the same model batches as one process would, hence the same bytes. With fewer blocks than
+  parts, some parts get no inputs; each part's summary says so (`embed_part`).
 - Part: ``OUTDIR/parts/KKKKK-of-NNNNN/`` is a complete embed job folder of its own (`byola.embed_job`: resumable,
   locked, manifest written last), whose manifest also records the part: K, N, T and the digest of the whole
   input list. A process writes only its own part folder; only the merge writes OUTDIR's own files.
@@ -84,7 +85,14 @@ def embed_part(embedder: Embedder, paths: Sequence[str | os.PathLike], out: str 
     block = shard_block(job.get("batch_size", DEFAULT_BATCH_SIZE))
     lo, hi = shard_bounds(len(files), index, count, block)
     part = Part(index, count, len(files), _inputs_digest([printable(f) for f in files]), block)
-    return embed_files(embedder, files[lo:hi], part_folder(out, part), part=part, **job)
+    summary = embed_files(embedder, files[lo:hi], part_folder(out, part), part=part, **job)
+    blocks = -(-len(files) // block)
+    if blocks < count:
+        summary.notes.append(f"only {blocks} of the {count} parts get inputs: the {len(files)} inputs make {blocks} "
+                             f"block{'s' * (blocks != 1)} of {block} files, and parts are cut between blocks so that "
+                             "the merge equals one process's output byte for byte (a smaller --batch_size makes "
+                             f"smaller blocks); this part {f'embeds {hi - lo}' if hi > lo else 'is empty'}")
+    return summary
 
 
 def _found_counts(out: Path) -> list[int]:

@@ -113,6 +113,25 @@ def test_parts_merged_equal_one_process_byte_for_byte(ckpt, clips, single, tmp_p
     assert read_embeddings(out).index == read_embeddings(single).index
 
 
+def test_parts_left_empty_by_block_cuts_say_so_and_still_merge_exactly(ckpt, clips, single, tmp_path):
+    """12 inputs make 6 blocks of 2 files (batch_size 2): of 8 parts, 2 get none. Each part says so in one line,
+    and the merge still equals one process's output byte for byte."""
+    model = byola.load(ckpt)
+    out = tmp_path / "out"
+    summaries = [embed_part(model, clips, out, k, 8, frames=True, **RUN) for k in range(8)]
+    empty = [k for k, s in enumerate(summaries) if s.ok + s.failed == 0]
+    assert len(empty) == 2
+    for k, summary in enumerate(summaries):
+        said = [line for line in summary.describe().splitlines() if "parts get inputs" in line]
+        assert len(said) == 1, summary.describe()
+        assert "only 6 of the 8 parts get inputs: the 12 inputs make 6 blocks of 2 files" in said[0]
+        files = summary.ok + summary.failed
+        assert said[0].endswith("this part is empty" if k in empty else f"this part embeds {files}")
+    assert "parts get inputs" not in embed_part(model, clips, tmp_path / "out6", 0, 6, **RUN).describe()
+    merge_parts(out)
+    assert _outputs(out) == _outputs(single)
+
+
 def test_shard_and_merge_on_the_command_line(ckpt, clips, single, tmp_path):
     out = tmp_path / "out"
     common = [os.path.dirname(clips[0]), "--checkpoint", str(ckpt), "--out", str(out), "--frames",
