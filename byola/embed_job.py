@@ -366,9 +366,9 @@ def _output_files(out: Path) -> list[str]:
 def commit_output(out: Path, contents: Mapping[str, Callable[[Path], None]], fields: dict) -> None:
     """Replace ``out``'s output as one commit: remove the manifest (from then on the folder reads as incomplete),
     remove output files of an earlier run that ``contents`` does not name (the other format, other parts; and the
-    ``parquet`` folder when that leaves it empty), make
-    each file of ``contents`` (name → a function writing ``out/name`` atomically), then write the manifest naming
-    their sizes and SHA-256, ``fields`` and the next generation number."""
+    ``parquet`` folder when that leaves it empty), make each file of ``contents`` (name → a function writing
+    ``out/name`` atomically), then write the manifest naming their sizes and SHA-256, ``fields`` and the next
+    generation number."""
     manifest_path = out / MANIFEST
     generation = _read_manifest(out).get("generation", 0) if manifest_path.exists() else 0
     manifest_path.unlink(missing_ok=True)
