@@ -69,7 +69,10 @@ def commit(tmp: PathLike, path: PathLike) -> None:
 
 
 def _about(path: PathLike, err: OSError) -> OSError:
-    """``err``, raised on the temporary file beside ``path``, restated about ``path`` (the name the user gave)."""
+    """``err``, raised on the temporary file beside ``path``, restated about ``path`` (the name the user gave); one
+    without an errno (not the system's) is kept as it is, so its message is not lost."""
+    if err.errno is None:
+        return err
     reason = {errno.ENOENT: f"folder {Path(path).parent} does not exist", errno.EISDIR: "a folder, not a file",
               errno.ENOTDIR: f"{Path(path).parent} is not a folder"}.get(err.errno, err.strerror)
     return OSError(err.errno, reason, os.fspath(path))
