@@ -43,6 +43,7 @@ from .extras import optional_module
 from .files import (FolderBusy, FolderLock, atomic_write_bytes, atomic_write_text, atomic_write_with, atomic_writer,
                     file_sha256, fsync_dir, list_inputs)
 from .norm import WORKER_CHUNK_FILES, unbatched
+from .precision import precision_name
 
 INDEX_COLUMNS = ["file", "row", "status", "error", "duration_s"]
 MANIFEST = "manifest.json"
@@ -206,10 +207,12 @@ def check_frame_hop(embedder: Embedder, frames: bool, frame_hop_ms: float | None
 
 
 def differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
-    """The settings that differ between ``old`` and ``new`` (nested keys dotted), each with both values."""
+    """The settings that differ between ``old`` and ``new`` (nested keys dotted), each with both values; a setting
+    that `Embedder.settings` leaves out at its default is shown as that default."""
+    omitted = {"precision": precision_name(torch.float32)}  # Embedder.settings omits fp32 (older outputs stay valid)
     names = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        a, b = (settings.get(key, omitted.get(prefix + key)) for settings in (old, new))
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             names += differences(a, b, f"{prefix}{key}.")
         elif a != b:

@@ -419,3 +419,11 @@ def test_damaged_eval_cache_is_reported_and_recomputed(tmp_path, damage):
         emb, _, hit = embed_fold(task, fold, again, tmp_path / "cache", audio_loader=read_audio, progress=False)
     assert not hit and again.embedded == len(task)
     np.testing.assert_array_equal(np.array(emb), reference)
+
+
+def test_a_refused_resume_names_both_precisions():
+    """fp32 is left out of the settings (older outputs stay valid): the refusal shows it as fp32, not None."""
+    from byola.embed_job import differences
+
+    assert differences({"precision": "bf16", "a": 1}, {"a": 1}) == ["precision ('bf16' there, 'fp32' now)"]
+    assert differences({"x": {"precision": 1}}, {"x": {}}) == ["x.precision (1 there, None now)"]
