@@ -24,6 +24,7 @@ import difflib
 import inspect
 import os
 import re
+import signal
 import shlex
 import sys
 import textwrap
@@ -724,6 +725,8 @@ def _run(argv: list[str]) -> None:
     fire.Fire(Commands(shlex.join(["byola", *argv])), command=[command] + checked, name="byola")
 
 
+# The exit status of a job that SIGTERM stopped (byola.embed_job raises SystemExit(128 + signum), as a shell reports).
+_SIGTERM_STATUS = 128 + signal.SIGTERM
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
@@ -754,6 +757,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"{prefix}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except SystemExit as stop:
+        if stop.code == _SIGTERM_STATUS:  # a job stopped by SIGTERM (byola.embed_job): said, as Ctrl-C is
+            print(f"{prefix}: terminated", file=sys.stderr)
+        raise
     except BrokenPipeError:  # stdout went to a command that stopped reading (`byola embed -h | head -2`): quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python reports it again at exit
         raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports a command stopped by the closed pipe

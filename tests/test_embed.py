@@ -250,7 +250,9 @@ def test_ctrl_c_or_sigterm_saves_the_finished_files(ckpt, tmp_path, stop, status
     finally:
         job.kill()
         job.wait()
-    assert "Traceback" not in job.stderr.read()
+    said = job.stderr.read()
+    assert "Traceback" not in said
+    assert f"byola embed: {'interrupted' if stop == signal.SIGINT else 'terminated'}" in said, said
     assert not (out / "manifest.json").exists()
     resumed = byola.load(ckpt).embed_files(paths, out, batch_size=1, num_workers=0, progress=False)
     assert (resumed.ok, resumed.reused) == (7, 3)
