@@ -145,7 +145,9 @@ class LogMelSpectrogram(nn.Module):
             yield self(buffer[lo - start:hi - start])[0][:, first:first + stop - done]
             done = stop
 
-    def _check(self, wave: torch.Tensor) -> torch.Tensor:
+    def check_input(self, wave: torch.Tensor) -> torch.Tensor:
+        """``wave`` as a batch ``[B, T]``, checked as `forward` needs it: a floating-point tensor ``[T]`` or
+        ``[B, T]`` longer than ``n_fft // 2`` samples (reflect padding); raises TypeError/ValueError otherwise."""
         if not isinstance(wave, torch.Tensor):
             raise TypeError(f"expected a torch.Tensor waveform, got {type(wave).__name__}")
         if not wave.is_floating_point():
@@ -160,7 +162,7 @@ class LogMelSpectrogram(nn.Module):
         return wave
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        wave = self._check(wave)
+        wave = self.check_input(wave)
         kind = wave.device.type
         if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
             # Under mixed precision the STFT would run in fp16/bf16 (errors of ~0.02 nats): keep it in float32.

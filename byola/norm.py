@@ -139,7 +139,7 @@ def _clip_moments(indexed_items: Iterable[tuple[int, Any]], frontend: LogMelSpec
             start = _crop_start(wave.numel() - unit, crop, (seed, index)) if wave.numel() >= unit else 0
             wave = crop_or_pad(wave, unit, start)
         try:
-            frontend._check(wave)  # the front end's own rule: a clip too short for it is an input problem
+            frontend.check_input(wave)  # the front end's own rule: a clip too short for it is an input problem
         except ValueError as err:
             yield item, AudioError(item if isinstance(item, (str, os.PathLike)) else f"clip {index}", str(err)), None
             continue
